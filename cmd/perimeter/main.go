@@ -1,0 +1,102 @@
+// Command perimeter is the production environment worker for Claude Managed
+// Agents self-hosted sandboxes, with an embedded API-compatible control
+// plane for running everything offline on one machine.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/perimeterhq/perimeter/internal/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	configPath string
+	logLevel   string
+	logFormat  string
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "perimeter:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "perimeter",
+		Short: "A hardened self-hosted environment worker for Claude Managed Agents",
+		Long: `Perimeter claims work from a Managed Agents environment queue and runs each
+session's tool calls in an isolated sandbox, with no credential inside it,
+every call passing one gate, and every action traced.
+
+Quick start (everything offline, on this machine):
+  perimeter demo
+
+Production:
+  export ANTHROPIC_ENVIRONMENT_ID=env_...  ANTHROPIC_ENVIRONMENT_KEY=sk-ant-oat01-...
+  perimeter worker --config /etc/perimeter/perimeter.yaml
+
+Offline control plane for development and tests:
+  perimeter controlplane --scenarios examples/scenarios`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.PersistentFlags().StringVar(&g.configPath, "config", "", "path to the YAML config file (see examples/perimeter.yaml)")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.AddCommand(
+		newWorkerCmd(g),
+		newControlPlaneCmd(g),
+		newSandboxdCmd(),
+		newDemoCmd(g),
+	)
+	return root
+}
+
+// load reads the config file named by --config.
+func (g *globals) load() (*config.Config, error) {
+	return config.Load(g.configPath)
+}
+
+// logger builds the process logger from --log-level and --log-format.
+func (g *globals) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(g.logFormat) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format %q: use text or json", g.logFormat)
+	}
+}
+
+// ignoreCanceled treats a cancelled context (a signal) as a clean exit.
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

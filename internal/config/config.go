@@ -1,0 +1,164 @@
+// Package config is Perimeter's one typed configuration: a versioned YAML
+// file, overridden by flags (applied by the commands), with secrets and the
+// ecosystem's standard names taken from the environment (ANTHROPIC_*,
+// OTEL_*). Zero values are documented and useful.
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Version is the only config file version this build understands.
+const Version = 1
+
+// Config is the whole file.
+type Config struct {
+	Version      int          `yaml:"version"`
+	Anthropic    Anthropic    `yaml:"anthropic"`
+	Worker       Worker       `yaml:"worker"`
+	Sandbox      Sandbox      `yaml:"sandbox"`
+	CustomTools  []CustomTool `yaml:"custom_tools"`
+	ControlPlane ControlPlane `yaml:"controlplane"`
+	Telemetry    Telemetry    `yaml:"telemetry"`
+}
+
+// Anthropic says where the control plane is. Secrets never live here: the
+// environment key comes from ANTHROPIC_ENVIRONMENT_KEY only.
+type Anthropic struct {
+	// BaseURL of the API; empty means the real API (or ANTHROPIC_BASE_URL).
+	BaseURL string `yaml:"base_url"`
+	// EnvironmentID whose queue the worker serves (or ANTHROPIC_ENVIRONMENT_ID).
+	EnvironmentID string `yaml:"environment_id"`
+}
+
+// Worker configures `perimeter worker`.
+type Worker struct {
+	// ID reported to the control plane; empty means <hostname>-<random>.
+	ID string `yaml:"id"`
+	// StateDir holds the durable call journal and session workspaces. It may
+	// be shared by workers on one host so a re-claimed session finds the
+	// record of calls another worker ran. Empty means ./perimeter-state.
+	StateDir string `yaml:"state_dir"`
+	// MaxSessions is how many sessions run at once; zero means 4.
+	MaxSessions int `yaml:"max_sessions"`
+	// MaxIdle is how long a session stays attached after its turn ends;
+	// zero means 60s, negative disables the idle timeout.
+	MaxIdle Duration `yaml:"max_idle"`
+	// ToolTimeout bounds one tool call; zero means 120s.
+	ToolTimeout Duration `yaml:"tool_timeout"`
+	// DrainTimeout bounds how long in-flight calls may finish after SIGTERM;
+	// zero means 30s.
+	DrainTimeout Duration `yaml:"drain_timeout"`
+	// AdminListen is the address of /healthz, /readyz and /metrics; empty
+	// means 127.0.0.1:9464, "off" disables it.
+	AdminListen string `yaml:"admin_listen"`
+	// MaxOutputBytes caps a tool result sent to the model; zero means 100 KiB.
+	MaxOutputBytes int `yaml:"max_output_bytes"`
+}
+
+// Sandbox selects and configures the sandbox backend.
+type Sandbox struct {
+	// Runtime is the backend name; empty picks the strongest available.
+	Runtime string `yaml:"runtime"`
+	// InsecureProcessRuntime must be true to run sessions in the process
+	// runtime, which does not isolate anything.
+	InsecureProcessRuntime bool `yaml:"insecure_process_runtime"`
+	// Env adds allow-listed variables to the sandbox environment. Nothing
+	// from the worker's own environment is passed otherwise.
+	Env map[string]string `yaml:"env"`
+}
+
+// CustomTool is an operator-declared tool run as a command in the sandbox.
+type CustomTool struct {
+	Name        string         `yaml:"name"`
+	Description string         `yaml:"description"`
+	InputSchema map[string]any `yaml:"input_schema"`
+	// Command runs with /bin/sh -c in the workspace; the tool input JSON is
+	// on its standard input.
+	Command string `yaml:"command"`
+}
+
+// ControlPlane configures `perimeter controlplane`.
+type ControlPlane struct {
+	// Listen address; empty means 127.0.0.1:8787.
+	Listen string `yaml:"listen"`
+	// Database is the SQLite file; empty means ./perimeter-controlplane.db.
+	Database string `yaml:"database"`
+	// Scenarios is the directory of scripted agents (*.yaml).
+	Scenarios string `yaml:"scenarios"`
+	// TTL is the work-item lease; zero means 30s.
+	TTL Duration `yaml:"ttl"`
+}
+
+// Telemetry configures OpenTelemetry beyond the standard OTEL_* variables.
+type Telemetry struct {
+	// Enabled exports spans through OTLP even when no OTEL_EXPORTER_OTLP_*
+	// endpoint is set (the SDK default endpoint is then used).
+	Enabled bool `yaml:"enabled"`
+}
+
+// Duration is a time.Duration written as "30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (try 30s or 2m): %w", n.Line, s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the duration, or def when it is zero.
+func (d Duration) D(def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// Load reads path; an empty path yields the zero Config (every default).
+// Unknown keys are errors, so a typo is never silently ignored.
+func Load(path string) (*Config, error) {
+	c := &Config{Version: Version}
+	if path == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(b, path)
+}
+
+// Parse decodes a config document; name is used in error messages.
+func Parse(b []byte, name string) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if c.Version != Version {
+		return nil, fmt.Errorf("%s: version is %d; this build reads version %d (add \"version: %d\" at the top)", name, c.Version, Version, Version)
+	}
+	for i, t := range c.CustomTools {
+		switch {
+		case t.Name == "":
+			return nil, fmt.Errorf("%s: custom_tools[%d]: name is required", name, i)
+		case t.Command == "":
+			return nil, fmt.Errorf("%s: custom tool %q: command is required", name, t.Name)
+		}
+	}
+	return &c, nil
+}

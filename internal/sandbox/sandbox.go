@@ -1,0 +1,90 @@
+// Package sandbox defines the boundary between the trusted supervisor and the
+// untrusted place where an agent's tool calls run.
+//
+// Trust model: everything on the far side of a [Sandbox] is hostile. A
+// sandbox receives tool calls as data over its RPC channel (the stdio of
+// `perimeter sandboxd`) and returns text; it never receives a credential,
+// the worker's environment, or a path it could use to reach the host. Its
+// output is size- and time-capped by the caller, and its death, hang or
+// garbage output is reported as an error for that one call, never as a
+// crash of the worker.
+//
+// Backends implement [Runtime]; extra abilities are small interfaces found by
+// type assertion. Every backend runs the shared conformance suite in
+// sandboxtest.
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Spec is the per-session configuration of a sandbox.
+type Spec struct {
+	// SessionID and WorkID label the sandbox for operators and orphan cleanup.
+	SessionID string
+	WorkID    string
+	// Workspace is the host directory that holds the session's files. It is
+	// the sandbox's working directory (mounted at /workspace by isolating
+	// backends).
+	Workspace string
+	// Env is the complete environment of processes inside the sandbox. It is
+	// built from an allow-list by the caller; backends add nothing from the
+	// host environment.
+	Env map[string]string
+}
+
+// Call is one tool invocation sent to sandboxd.
+type Call struct {
+	// Tool is an agent_toolset_20260401 tool name (bash, read, write, edit,
+	// glob, grep) or [ToolCommand] for a custom tool run as a command.
+	Tool  string          `json:"tool"`
+	Input json.RawMessage `json:"input"`
+}
+
+// ToolCommand is the sandboxd tool that runs an operator-declared custom
+// tool: input {"command": "...", "stdin": "..."} runs the command with
+// /bin/sh -c in the workspace, the stdin string on its standard input.
+const ToolCommand = "perimeter.command"
+
+// Result is what a tool produced. IsError marks a tool failure the model
+// should see as such (a non-zero exit, a missing file); it is not an RPC
+// failure.
+type Result struct {
+	Text    string `json:"text"`
+	IsError bool   `json:"is_error"`
+}
+
+// Runtime creates sandboxes. Implementations must be safe for concurrent use.
+type Runtime interface {
+	// Name identifies the backend in logs, spans and `perimeter doctor`.
+	Name() string
+	// Create starts a sandbox for spec and returns once sandboxd inside it
+	// answers.
+	Create(ctx context.Context, spec Spec) (Sandbox, error)
+}
+
+// Sandbox is one running sandbox holding one session.
+type Sandbox interface {
+	// Exec runs call and returns its result. The error is non-nil only when
+	// the call could not be completed by sandboxd (it died, hung past ctx,
+	// or spoke garbage); such errors wrap one of the errors below.
+	Exec(ctx context.Context, call Call) (Result, error)
+	// Close stops and removes the sandbox. It is idempotent.
+	Close(ctx context.Context) error
+}
+
+var (
+	// ErrClosed is returned by Exec on a sandbox that was closed.
+	ErrClosed = errors.New("sandbox closed")
+	// ErrExited means sandboxd exited or its channel broke mid-call.
+	ErrExited = errors.New("sandbox exited")
+	// ErrProtocol means sandboxd answered with something that is not a
+	// valid response.
+	ErrProtocol = errors.New("sandbox protocol violation")
+)
+
+// DefaultStartTimeout bounds how long Create waits for sandboxd's hello.
+const DefaultStartTimeout = 30 * time.Second
