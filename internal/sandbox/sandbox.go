@@ -79,7 +79,9 @@ type Sandbox interface {
 var (
 	// ErrClosed is returned by Exec on a sandbox that was closed.
 	ErrClosed = errors.New("sandbox closed")
-	// ErrExited means sandboxd exited or its channel broke mid-call.
+	// ErrExited means sandboxd exited or its channel broke before the call
+	// was answered. Backends return it as an [*ExitError], which says how
+	// sandboxd ended and whether the call had reached it.
 	ErrExited = errors.New("sandbox exited")
 	// ErrProtocol means sandboxd answered with something that is not a
 	// valid response.
