@@ -1,0 +1,192 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/sandbox/process"
+	"github.com/perimeterhq/perimeter/internal/worker"
+)
+
+// workerFlags are the flags of `perimeter worker` that override the config.
+type workerFlags struct {
+	baseURL, environmentID, workerID, stateDir, adminListen, runtime string
+	maxSessions                                                      int
+	maxIdle, toolTimeout, drainTimeout                               time.Duration
+	insecureProcess                                                  bool
+}
+
+func (f *workerFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.baseURL, "base-url", "", "control plane URL (default $ANTHROPIC_BASE_URL, else the Anthropic API)")
+	fl.StringVar(&f.environmentID, "environment-id", "", "environment whose queue to serve (default $ANTHROPIC_ENVIRONMENT_ID)")
+	fl.StringVar(&f.workerID, "worker-id", "", "worker id reported to the control plane (default <hostname>-<pid>)")
+	fl.StringVar(&f.stateDir, "state-dir", "", "directory for the call journal and session workspaces; share it between workers on one host (default ./perimeter-state)")
+	fl.StringVar(&f.adminListen, "admin-listen", "", `address of /healthz, /readyz and /metrics (default 127.0.0.1:9464; "off" disables)`)
+	fl.StringVar(&f.runtime, "runtime", "", "sandbox runtime: process (default: the strongest available)")
+	fl.IntVar(&f.maxSessions, "max-sessions", 0, "sessions served at once (default 4)")
+	fl.DurationVar(&f.maxIdle, "max-idle", 0, "how long a session stays attached after its turn ends (default 60s; negative disables)")
+	fl.DurationVar(&f.toolTimeout, "tool-timeout", 0, "limit for one tool call (default 120s)")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", 0, "on SIGTERM, how long in-flight tool calls may finish (default 30s)")
+	fl.BoolVar(&f.insecureProcess, "insecure-process-runtime", false, "allow the process runtime, which runs tool calls as plain child processes with NO isolation")
+}
+
+// apply overrides cfg with the flags that were set, then with the ecosystem's
+// environment variables where neither set a value.
+func (f *workerFlags) apply(cfg *config.Config) {
+	a, w, s := &cfg.Anthropic, &cfg.Worker, &cfg.Sandbox
+	a.BaseURL = cmp.Or(f.baseURL, a.BaseURL, os.Getenv("ANTHROPIC_BASE_URL"))
+	a.EnvironmentID = cmp.Or(f.environmentID, os.Getenv("ANTHROPIC_ENVIRONMENT_ID"), a.EnvironmentID)
+	w.ID = cmp.Or(f.workerID, w.ID, os.Getenv("ANTHROPIC_WORKER_ID"))
+	w.StateDir = cmp.Or(f.stateDir, w.StateDir, "perimeter-state")
+	w.AdminListen = cmp.Or(f.adminListen, w.AdminListen, "127.0.0.1:9464")
+	w.MaxSessions = cmp.Or(f.maxSessions, w.MaxSessions)
+	w.MaxIdle = cmp.Or(config.Duration(f.maxIdle), w.MaxIdle)
+	w.ToolTimeout = cmp.Or(config.Duration(f.toolTimeout), w.ToolTimeout)
+	w.DrainTimeout = cmp.Or(config.Duration(f.drainTimeout), w.DrainTimeout)
+	s.Runtime = cmp.Or(f.runtime, s.Runtime)
+	s.InsecureProcessRuntime = s.InsecureProcessRuntime || f.insecureProcess
+}
+
+func newWorkerCmd(g *globals) *cobra.Command {
+	f := &workerFlags{}
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Claim sessions from an environment queue and run their tool calls in sandboxes",
+		Long: `Long-polls a self-hosted environment's work queue and serves each claimed
+session: holds the work-item lease, runs the session's tool calls in a
+per-session sandbox, posts the results, and stops the item at the end.
+
+Credentials come from the environment, never from flags:
+  ANTHROPIC_ENVIRONMENT_ID    the environment to serve
+  ANTHROPIC_ENVIRONMENT_KEY   its environment key (sk-ant-oat01-…)
+  ANTHROPIC_BASE_URL          optional; point at 'perimeter controlplane' for offline use
+
+SIGTERM drains: no new claims, in-flight calls finish (up to --drain-timeout),
+items are released for another worker, and the process exits 0.
+
+Example, against the embedded control plane:
+  perimeter controlplane --scenarios examples/scenarios &
+  ANTHROPIC_BASE_URL=http://127.0.0.1:8787 ANTHROPIC_ENVIRONMENT_ID=env_default \
+  ANTHROPIC_ENVIRONMENT_KEY=sk-ant-oat01-perimeter-dev \
+  perimeter worker --insecure-process-runtime`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.load()
+			if err != nil {
+				return err
+			}
+			f.apply(cfg)
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return runWorker(cmd.Context(), cfg, log)
+		},
+	}
+	f.register(cmd)
+	return cmd
+}
+
+// runWorker runs a worker with its admin listener until ctx ends.
+func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	tp, shutdownTracing, err := audit.Tracing(ctx, audit.TracingOptions{ServiceName: "perimeter-worker", Version: version, Enabled: cfg.Telemetry.Enabled})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
+	w, err := newWorker(cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, tp)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+
+	if addr := cfg.Worker.AdminListen; addr != "off" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("admin listener: %w (set --admin-listen to a free address, or off)", err)
+		}
+		srv := &http.Server{Handler: w.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin listener failed", slog.Any("error", err))
+			}
+		}()
+		defer srv.Close()
+		log.Info("admin listening", slog.String("addr", ln.Addr().String()))
+	}
+	return w.Run(audit.ParentFromEnv(ctx))
+}
+
+// newWorker builds a worker from cfg and the environment key.
+func newWorker(cfg *config.Config, envKey string, log *slog.Logger, tp trace.TracerProvider) (*worker.Worker, error) {
+	rt, warning, err := pickRuntime(cfg.Sandbox, log)
+	if err != nil {
+		return nil, err
+	}
+	var clientOpts []option.RequestOption
+	if cfg.Anthropic.BaseURL != "" {
+		clientOpts = append(clientOpts, option.WithBaseURL(cfg.Anthropic.BaseURL))
+	}
+	return worker.New(worker.Options{
+		Client:         anthropic.NewClient(clientOpts...),
+		EnvironmentID:  cfg.Anthropic.EnvironmentID,
+		EnvironmentKey: envKey,
+		WorkerID:       cfg.Worker.ID,
+		Runtime:        rt,
+		RuntimeWarning: warning,
+		StateDir:       cfg.Worker.StateDir,
+		MaxSessions:    cfg.Worker.MaxSessions,
+		MaxIdle:        time.Duration(cfg.Worker.MaxIdle),
+		ToolTimeout:    time.Duration(cfg.Worker.ToolTimeout),
+		DrainTimeout:   time.Duration(cfg.Worker.DrainTimeout),
+		MaxOutputBytes: cfg.Worker.MaxOutputBytes,
+		SandboxEnv:     cfg.Sandbox.Env,
+		CustomTools:    cfg.CustomTools,
+		TracerProvider: tp,
+		Logger:         log,
+	})
+}
+
+// pickRuntime returns the configured sandbox runtime, or the strongest one
+// this host offers, and the warning to log on every session, if any.
+func pickRuntime(cfg config.Sandbox, log *slog.Logger) (sandbox.Runtime, string, error) {
+	name := cfg.Runtime
+	if name == "" {
+		// Isolating runtimes are picked first as they become available; the
+		// process runtime is chosen only when explicitly allowed.
+		if !cfg.InsecureProcessRuntime {
+			return nil, "", errors.New("no isolating sandbox runtime is available on this host; pass --insecure-process-runtime (or sandbox.insecure_process_runtime: true) to run tool calls as plain child processes with NO isolation")
+		}
+		name = "process"
+		log.Info("picked the sandbox runtime", slog.String("runtime", name), slog.String("why", "the only runtime available"))
+	}
+	switch name {
+	case "process":
+		if !cfg.InsecureProcessRuntime {
+			return nil, "", errors.New("the process runtime does not isolate tool calls; pass --insecure-process-runtime to accept that (development only)")
+		}
+		return process.New(process.Options{}), process.Warning, nil
+	default:
+		return nil, "", fmt.Errorf("unknown sandbox runtime %q: use process", name)
+	}
+}

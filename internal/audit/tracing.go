@@ -1,0 +1,97 @@
+// Package audit sets up Perimeter's OpenTelemetry export. Spans carry ids and
+// decisions, never tool inputs, outputs or credentials; exporters are chosen
+// by the standard OTEL_* environment variables.
+package audit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// TracingOptions configure Tracing.
+type TracingOptions struct {
+	// ServiceName is the default service.name (OTEL_SERVICE_NAME overrides).
+	ServiceName string
+	// Version is service.version.
+	Version string
+	// Enabled exports even when no OTEL_EXPORTER_OTLP_*ENDPOINT is set.
+	Enabled bool
+	// Exporter, when set, replaces the OTLP exporter (tests record spans).
+	Exporter sdktrace.SpanExporter
+}
+
+// Tracing returns the tracer provider for the process and its shutdown,
+// which flushes pending spans. Export is on when an OTLP endpoint is
+// configured (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+// when opts.Enabled, or with an explicit exporter; OTEL_TRACES_EXPORTER=none
+// and OTEL_SDK_DISABLED=true turn it off. The protocol follows
+// OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL: grpc or http/protobuf (the default).
+func Tracing(ctx context.Context, opts TracingOptions) (trace.TracerProvider, func(context.Context) error, error) {
+	exp := opts.Exporter
+	if exp == nil && exportEnabled(opts.Enabled) {
+		var err error
+		switch proto := protocol(); proto {
+		case "grpc":
+			exp, err = otlptracegrpc.New(ctx)
+		case "http/protobuf", "":
+			exp, err = otlptracehttp.New(ctx)
+		default:
+			return nil, nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported: use grpc or http/protobuf", proto)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("create OTLP trace exporter: %w", err)
+		}
+	}
+	if exp == nil {
+		// Spans are still created (so ids propagate) but go nowhere.
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+		return tp, tp.Shutdown, nil
+	}
+	res, err := resource.New(ctx,
+		resource.WithAttributes(semconv.ServiceName(opts.ServiceName), semconv.ServiceVersion(opts.Version)),
+		resource.WithFromEnv(), // OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
+		resource.WithTelemetrySDK(),
+		resource.WithHost(),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("build OpenTelemetry resource: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	return tp, tp.Shutdown, nil
+}
+
+func exportEnabled(enabled bool) bool {
+	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") || strings.EqualFold(os.Getenv("OTEL_TRACES_EXPORTER"), "none") {
+		return false
+	}
+	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+}
+
+func protocol() string {
+	if p := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"); p != "" {
+		return p
+	}
+	return os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+}
+
+// ParentFromEnv returns ctx carrying the remote span context in the
+// TRACEPARENT (and TRACESTATE) environment variables, so a worker started by
+// a traced job joins its trace.
+func ParentFromEnv(ctx context.Context) context.Context {
+	carrier := propagation.MapCarrier{}
+	if tp := os.Getenv("TRACEPARENT"); tp != "" {
+		carrier["traceparent"] = tp
+		carrier["tracestate"] = os.Getenv("TRACESTATE")
+	}
+	return propagation.TraceContext{}.Extract(ctx, carrier)
+}

@@ -1,0 +1,58 @@
+// Package testenv decides what tests do when something they need (a built
+// binary, Docker, root, bubblewrap) is missing: skip with the reason on a
+// laptop, fail in CI, where PERIMETER_TEST_STRICT=1 turns every such skip
+// into a failure so a missing install step can never pass silently.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// Strict reports whether missing prerequisites fail tests.
+func Strict() bool { return os.Getenv("PERIMETER_TEST_STRICT") == "1" }
+
+// Need skips (or, when Strict, fails) t unless ok, naming what is missing.
+func Need(t testing.TB, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if Strict() {
+		t.Fatalf("PERIMETER_TEST_STRICT=1 and this test needs %s", what)
+	}
+	t.Skipf("needs %s (set PERIMETER_TEST_STRICT=1 to make this a failure)", what)
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildOut  []byte
+)
+
+// Binary builds ./cmd/perimeter once per test process and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		dir, err := os.MkdirTemp("", "perimeter-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "perimeter")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/perimeter")
+		cmd.Dir = root
+		buildOut, buildErr = cmd.CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("build perimeter: %v\n%s", buildErr, buildOut)
+	}
+	return binPath
+}

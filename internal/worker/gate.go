@@ -1,0 +1,239 @@
+package worker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+	"unicode/utf8"
+
+	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/perimeterhq/perimeter/internal/toolset"
+)
+
+// Call is one tool call as the hook point sees it. Input is the exact input
+// the model sent; hooks must not log or export it.
+type Call struct {
+	ToolUseID string
+	SessionID string
+	WorkID    string
+	Tool      string
+	Custom    bool
+	Input     json.RawMessage
+	// InputSHA256 is the hex SHA-256 of Input, the value approvals and audit
+	// records bind to.
+	InputSHA256 string
+}
+
+// Outcome is what a call produced.
+type Outcome struct {
+	Text     string
+	IsError  bool
+	Duration time.Duration
+	// Replayed is true when the result came from the journal, not a run.
+	Replayed bool
+}
+
+// Hook is the one point every tool call passes before and after it runs.
+// BeforeCall returning an error denies the call: it does not run, and the
+// error's text is the result the model sees. Hooks run in order; the first
+// denial wins. AfterCall sees every outcome, including denials and replays.
+type Hook interface {
+	BeforeCall(ctx context.Context, c *Call) error
+	AfterCall(ctx context.Context, c *Call, o *Outcome)
+}
+
+// gatedTool runs one tool through the session's gate.
+type gatedTool struct {
+	anthropic.BetaTool
+	s      *session
+	custom bool
+}
+
+func (g gatedTool) Execute(ctx context.Context, input json.RawMessage) ([]anthropic.BetaToolResultBlockParamContentUnion, error) {
+	o, err := g.s.run(ctx, g.BetaTool, g.custom, input)
+	if err != nil {
+		return nil, err
+	}
+	if o.IsError {
+		return nil, errors.New(o.Text)
+	}
+	return []anthropic.BetaToolResultBlockParamContentUnion{{OfText: &anthropic.BetaTextBlockParam{Text: o.Text}}}, nil
+}
+
+// run is the gate: journal check, hooks, execution, journal record. The
+// error return is reserved for "post nothing" (the session is shutting down
+// and the call must be left to whoever serves the session next).
+func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool, input json.RawMessage) (*Outcome, error) {
+	id := toolCallID(ctx)
+	if id == "" {
+		// Without the id the call cannot be journalled; running it could
+		// execute it twice after a crash, so refuse.
+		s.log.Error("tool call without an id; refusing to run it", slog.String("tool", tool.Name()))
+		return &Outcome{Text: "internal error: the worker could not identify this tool call; it was not run", IsError: true}, nil
+	}
+	if !s.enter(id) {
+		// Draining: leave the call unanswered for the next worker.
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	sum := sha256.Sum256(input)
+	c := &Call{
+		ToolUseID: id, SessionID: s.sessionID, WorkID: s.workID, Tool: tool.Name(), Custom: custom,
+		Input: input, InputSHA256: hex.EncodeToString(sum[:]),
+	}
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(
+		attribute.String("perimeter.session.id", c.SessionID),
+		attribute.String("perimeter.work.id", c.WorkID),
+		attribute.String("perimeter.tool_use.id", c.ToolUseID),
+		attribute.String("perimeter.sandbox.runtime", s.w.opts.Runtime.Name()),
+	)
+	start := time.Now()
+	o := s.decideAndRun(ctx, tool, c)
+	o.Duration = time.Since(start)
+	span.SetAttributes(attribute.Bool("perimeter.replayed", o.Replayed), attribute.String("perimeter.outcome", outcomeLabel(o)))
+	if o.IsError {
+		span.SetStatus(codes.Error, "tool error")
+	}
+	for _, h := range s.w.opts.Hooks {
+		h.AfterCall(ctx, c, o)
+	}
+	s.w.metrics.toolCalls.WithLabelValues(c.Tool, outcomeLabel(o)).Inc()
+	s.w.metrics.toolDuration.WithLabelValues(c.Tool).Observe(o.Duration.Seconds())
+	s.log.Info("tool call",
+		slog.String("tool", c.Tool), slog.String("tool_use_id", id), slog.Bool("custom", custom),
+		slog.String("outcome", outcomeLabel(o)), slog.Duration("duration", o.Duration),
+		slog.Int("result_bytes", len(o.Text)), slog.String("input_sha256", c.InputSHA256))
+	return o, nil
+}
+
+func (s *session) decideAndRun(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
+	j := s.w.journal
+	existing, fresh, err := j.begin(ctx, record{
+		ToolUseID: c.ToolUseID, SessionID: c.SessionID, WorkID: c.WorkID, WorkerID: s.w.opts.WorkerID,
+		Tool: c.Tool, InputSHA256: c.InputSHA256, StartedAt: time.Now(),
+	})
+	switch {
+	case err != nil:
+		s.log.Error("journal unavailable; not running the call", slog.Any("error", err))
+		return &Outcome{Text: "internal error: the worker could not record this tool call, so it was not run", IsError: true}
+	case !fresh && existing.State == callFinished:
+		s.log.Info("answering a call from the journal instead of running it again", slog.String("tool_use_id", c.ToolUseID))
+		return &Outcome{Text: existing.Output, IsError: existing.IsError, Replayed: true}
+	case !fresh:
+		// Started and never finished: the worker that ran it died. Its
+		// effects are unknown, so it is not run blind a second time.
+		msg := fmt.Sprintf("this %s call was started by a worker that stopped before it finished; it may have partly run and was not run again", c.Tool)
+		_ = j.finish(context.WithoutCancel(ctx), c.ToolUseID, msg, true, time.Now())
+		return &Outcome{Text: msg, IsError: true, Replayed: true}
+	}
+
+	o := s.execute(ctx, tool, c)
+	if err := j.finish(context.WithoutCancel(ctx), c.ToolUseID, o.Text, o.IsError, time.Now()); err != nil {
+		s.log.Error("journal finish failed", slog.Any("error", err))
+	}
+	return o
+}
+
+// execute runs the hooks' veto and then the tool, capping what it returns.
+func (s *session) execute(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
+	for _, h := range s.w.opts.Hooks {
+		if err := h.BeforeCall(ctx, c); err != nil {
+			return &Outcome{Text: err.Error(), IsError: true}
+		}
+	}
+	blocks, err := tool.Execute(ctx, c.Input)
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return &Outcome{Text: fmt.Sprintf("tool %q timed out after %s", c.Tool, s.w.opts.ToolTimeout), IsError: true}
+	case ctx.Err() != nil:
+		return &Outcome{Text: fmt.Sprintf("tool %q was cancelled: the worker stopped serving this session", c.Tool), IsError: true}
+	case err != nil:
+		// A sandbox failure carries its cause for operators apart from the
+		// sentence the model sees.
+		if ce, ok := errors.AsType[*toolset.CallError](err); ok {
+			s.log.Warn("sandbox failure", slog.String("tool", c.Tool), slog.String("tool_use_id", c.ToolUseID), slog.Any("cause", ce.Err))
+		}
+		return &Outcome{Text: capText(err.Error(), s.w.opts.MaxOutputBytes), IsError: true}
+	}
+	var text string
+	for _, b := range blocks {
+		if b.OfText != nil {
+			text += b.OfText.Text
+		}
+	}
+	return &Outcome{Text: capText(text, s.w.opts.MaxOutputBytes)}
+}
+
+// truncatedMarker prefixes a result whose head was cut, as the SDK's tools do.
+const truncatedMarker = "[output truncated]\n"
+
+// capText keeps the last max bytes of s (on a rune boundary), prefixed with
+// a marker, so a hostile sandbox cannot flood the model or the control plane.
+func capText(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := len(s) - (max - len(truncatedMarker))
+	for cut < len(s) && !utf8.RuneStart(s[cut]) {
+		cut++
+	}
+	return truncatedMarker + s[cut:]
+}
+
+func outcomeLabel(o *Outcome) string {
+	switch {
+	case o.Replayed:
+		return "replayed"
+	case o.IsError:
+		return "error"
+	}
+	return "ok"
+}
+
+// toolCallIDKey carries the tool-use event id of the call being executed.
+type toolCallIDKey struct{}
+
+func toolCallID(ctx context.Context) string {
+	id, _ := ctx.Value(toolCallIDKey{}).(string)
+	return id
+}
+
+// callIDTracerProvider hands the SDK's session runner a tracer that also
+// records the gen_ai.tool.call.id of each execute_tool span in the context
+// the tool runs with. The SDK's BetaTool.Execute receives no event id; the
+// runner's OpenTelemetry span is where it documents one, so the gate reads
+// it from there.
+type callIDTracerProvider struct {
+	trace.TracerProvider
+}
+
+func (p callIDTracerProvider) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
+	return callIDTracer{Tracer: p.TracerProvider.Tracer(name, opts...)}
+}
+
+type callIDTracer struct {
+	trace.Tracer
+}
+
+const genAIToolCallID = attribute.Key("gen_ai.tool.call.id")
+
+func (t callIDTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	cfg := trace.NewSpanStartConfig(opts...)
+	for _, kv := range cfg.Attributes() {
+		if kv.Key == genAIToolCallID {
+			ctx = context.WithValue(ctx, toolCallIDKey{}, kv.Value.AsString())
+			break
+		}
+	}
+	return t.Tracer.Start(ctx, name, opts...)
+}
