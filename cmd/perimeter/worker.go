@@ -46,13 +46,13 @@ func (f *workerFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.insecureProcess, "insecure-process-runtime", false, "allow the process runtime, which runs tool calls as plain child processes with NO isolation")
 }
 
-// apply overrides cfg with the flags that were set, then with the ecosystem's
-// environment variables where neither set a value.
+// apply overrides cfg: a flag wins over the ecosystem's environment
+// variable, which wins over the file.
 func (f *workerFlags) apply(cfg *config.Config) {
 	a, w, s := &cfg.Anthropic, &cfg.Worker, &cfg.Sandbox
-	a.BaseURL = cmp.Or(f.baseURL, a.BaseURL, os.Getenv("ANTHROPIC_BASE_URL"))
+	a.BaseURL = cmp.Or(f.baseURL, os.Getenv("ANTHROPIC_BASE_URL"), a.BaseURL)
 	a.EnvironmentID = cmp.Or(f.environmentID, os.Getenv("ANTHROPIC_ENVIRONMENT_ID"), a.EnvironmentID)
-	w.ID = cmp.Or(f.workerID, w.ID, os.Getenv("ANTHROPIC_WORKER_ID"))
+	w.ID = cmp.Or(f.workerID, os.Getenv("ANTHROPIC_WORKER_ID"), w.ID)
 	w.StateDir = cmp.Or(f.stateDir, w.StateDir, "perimeter-state")
 	w.AdminListen = cmp.Or(f.adminListen, w.AdminListen, "127.0.0.1:9464")
 	w.MaxSessions = cmp.Or(f.maxSessions, w.MaxSessions)
