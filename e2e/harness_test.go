@@ -153,7 +153,6 @@ type worker struct {
 	admin string
 }
 
-
 func startWorker(t *testing.T, baseURL, stateDir string, extra ...string) *worker {
 	t.Helper()
 	return startWorkerEnv(t, baseURL, stateDir, nil, extra...)

@@ -446,4 +446,3 @@ func TestSessionsTokenFromSecret(t *testing.T) {
 		})
 	}
 }
-
