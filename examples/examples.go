@@ -1,0 +1,10 @@
+// Package examples ships Perimeter's example scenarios inside the binary, so
+// `perimeter demo` works from any directory.
+package examples
+
+import "embed"
+
+// Scenarios holds scenarios/*.yaml.
+//
+//go:embed scenarios/*.yaml
+var Scenarios embed.FS
