@@ -53,7 +53,7 @@ func TestShippedScenariosPassThroughTheRealBinaries(t *testing.T) {
 	// conversation: two user turns.
 	say(t, op, ids["conversation"], "please prepare the release")
 	waitEvent(t, op, ids["conversation"], func(e map[string]any) bool {
-		return e["type"] == "agent.message" && strings.Contains(strings.Join(resultTexts([]map[string]any{{"type": "user.tool_result", "content": e["content"]}}), ""), "release notes file")
+		return e["type"] == "agent.message" && strings.Contains(testenv.BlockText(e["content"]), "release notes file")
 	})
 	say(t, op, ids["conversation"], "call it NOTES.md")
 
@@ -177,7 +177,7 @@ func TestAKilledWorkersUnpostedResultIsAnsweredFromTheJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := resultTexts(events(t, op, id))
+	got := testenv.ResultTexts(events(t, op, id))
 	m := regexp.MustCompile(`value ([0-9a-f]{16})`).FindStringSubmatch(strings.Join(got, "\n"))
 	if m == nil || string(b) != "zero\none "+m[1]+"\n" {
 		t.Fatalf("ran.txt = %q, results = %q: each call must have run exactly once and the posted value be the one that ran", b, got)
@@ -248,7 +248,7 @@ func TestSIGTERMDrainsAndAnotherWorkerFinishes(t *testing.T) {
 	if code := w1.wait(30 * time.Second); code != 0 {
 		t.Fatalf("worker exited %d on SIGTERM, want 0", code)
 	}
-	if got := resultTexts(events(t, op, id)); len(got) != 1 || !strings.Contains(got[0], "one") {
+	if got := testenv.ResultTexts(events(t, op, id)); len(got) != 1 || !strings.Contains(got[0], "one") {
 		t.Fatalf("results after drain = %q; want the in-flight call's", got)
 	}
 	startWorker(t, cp.url, state)

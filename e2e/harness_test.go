@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,8 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,7 +35,7 @@ type proc struct {
 	t    *testing.T
 	name string
 	cmd  *exec.Cmd
-	out  *lines
+	out  *testenv.Buffer
 	done chan struct{}
 	err  error
 }
@@ -47,7 +44,7 @@ func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(testenv.Binary(t), args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
-	p := &proc{t: t, name: name, cmd: cmd, out: &lines{}, done: make(chan struct{})}
+	p := &proc{t: t, name: name, cmd: cmd, out: &testenv.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -261,24 +258,6 @@ func waitEvent(t *testing.T, c anthropic.Client, id string, match func(map[strin
 	return nil
 }
 
-func resultTexts(evs []map[string]any) []string {
-	var out []string
-	for _, e := range evs {
-		if e["type"] != "user.tool_result" && e["type"] != "user.custom_tool_result" {
-			continue
-		}
-		var b strings.Builder
-		content, _ := e["content"].([]any)
-		for _, c := range content {
-			if m, ok := c.(map[string]any); ok {
-				fmt.Fprint(&b, m["text"])
-			}
-		}
-		out = append(out, b.String())
-	}
-	return out
-}
-
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -298,24 +277,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-// lines is a goroutine-safe output buffer.
-type lines struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func countLines(t *testing.T, path, want string) int {

@@ -137,6 +137,19 @@ func openDB(path string) (*sql.DB, error) {
 }
 
 // querier is a *sql.DB or a *sql.Tx.
+// collect scans every row with scan.
+func collect[T any](rows *sql.Rows, scan func(sc interface{ Scan(...any) error }) (T, error)) ([]T, error) {
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 type querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -319,15 +332,7 @@ func listSessions(ctx context.Context, q querier, before int64, limit int) ([]*s
 		return nil, fmt.Errorf("list sessions: %w", err)
 	}
 	defer rows.Close()
-	var out []*sessionRow
-	for rows.Next() {
-		s, err := scanSession(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sessions: %w", err)
-		}
-		out = append(out, s)
-	}
-	return out, rows.Err()
+	return collect(rows, scanSession)
 }
 
 // sessionsDue returns the ids of sessions whose outstanding call's deadline
@@ -398,15 +403,7 @@ func eventsByRef(ctx context.Context, q querier, sessionID, ref string) ([]*even
 		return nil, fmt.Errorf("events answering %s: %w", ref, err)
 	}
 	defer rows.Close()
-	var out []*eventRow
-	for rows.Next() {
-		e, err := scanEvent(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return collect(rows, scanEvent)
 }
 
 // eventQuery selects a page of a session's log.
@@ -445,15 +442,7 @@ func listEvents(ctx context.Context, q querier, eq eventQuery) ([]*eventRow, err
 		return nil, fmt.Errorf("list events of %s: %w", eq.SessionID, err)
 	}
 	defer rows.Close()
-	var out []*eventRow
-	for rows.Next() {
-		e, err := scanEvent(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return collect(rows, scanEvent)
 }
 
 // --- work ---
@@ -545,13 +534,5 @@ func workWhere(ctx context.Context, q querier, tail string, args ...any) ([]*wor
 		return nil, fmt.Errorf("query work: %w", err)
 	}
 	defer rows.Close()
-	var out []*workRow
-	for rows.Next() {
-		w, err := scanWork(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, w)
-	}
-	return out, rows.Err()
+	return collect(rows, scanWork)
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -55,4 +56,57 @@ func Binary(t testing.TB) string {
 		t.Fatalf("build perimeter: %v\n%s", buildErr, buildOut)
 	}
 	return binPath
+}
+
+// Buffer is a goroutine-safe sink for logs and process output.
+type Buffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// Len returns how many bytes were written.
+func (b *Buffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Len()
+}
+
+// ResultTexts returns the text of every tool result in a session's event
+// log (events decoded as JSON objects), in order.
+func ResultTexts(events []map[string]any) []string {
+	var out []string
+	for _, e := range events {
+		if e["type"] != "user.tool_result" && e["type"] != "user.custom_tool_result" {
+			continue
+		}
+		out = append(out, BlockText(e["content"]))
+	}
+	return out
+}
+
+// BlockText concatenates the text of a decoded content-block list.
+func BlockText(content any) string {
+	var b strings.Builder
+	blocks, _ := content.([]any)
+	for _, c := range blocks {
+		if m, ok := c.(map[string]any); ok {
+			if s, ok := m["text"].(string); ok {
+				b.WriteString(s)
+			}
+		}
+	}
+	return b.String()
 }

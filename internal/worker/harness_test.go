@@ -3,8 +3,6 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -33,7 +31,7 @@ type harness struct {
 	envKey  string
 	client  anthropic.Client // operator (API key)
 	scenDir string
-	logs    *syncBuffer
+	logs    *testenv.Buffer
 
 	mu       sync.Mutex // guards requests and fault
 	requests []string   // "METHOD path" of every request
@@ -42,7 +40,7 @@ type harness struct {
 
 func newHarness(t *testing.T, ttl time.Duration, scenarios map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, apiKey: "sk-ant-api-test", envKey: "sk-ant-oat01-test", scenDir: t.TempDir(), logs: &syncBuffer{}}
+	h := &harness{t: t, apiKey: "sk-ant-api-test", envKey: "sk-ant-oat01-test", scenDir: t.TempDir(), logs: &testenv.Buffer{}}
 	for name, body := range scenarios {
 		if err := os.WriteFile(filepath.Join(h.scenDir, name+".yaml"), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -239,25 +237,6 @@ func (h *harness) waitEvent(sessionID string, match func(map[string]any) bool) m
 	return nil
 }
 
-// results returns the text of every tool result in the session, in order.
-func results(events []map[string]any) []string {
-	var out []string
-	for _, e := range events {
-		if e["type"] != "user.tool_result" && e["type"] != "user.custom_tool_result" {
-			continue
-		}
-		var b strings.Builder
-		content, _ := e["content"].([]any)
-		for _, c := range content {
-			if m, ok := c.(map[string]any); ok {
-				fmt.Fprint(&b, m["text"])
-			}
-		}
-		out = append(out, b.String())
-	}
-	return out
-}
-
 func isType(t string) func(map[string]any) bool {
 	return func(e map[string]any) bool { return e["type"] == t }
 }
@@ -289,26 +268,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-var _ io.Writer = (*syncBuffer)(nil)
 
 // apiError writes an API error body.
 func apiError(w http.ResponseWriter, status int, typ, code string) {

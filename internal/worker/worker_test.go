@@ -24,6 +24,7 @@ import (
 
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/controlplane"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 func scenario(steps string) string {
@@ -210,7 +211,7 @@ func TestJournalAnswersARecordedCallInsteadOfRunningItAgain(t *testing.T) {
 
 			h.startWorker(h.workerOptions(state))
 			h.waitScenario(id, "passed")
-			got := results(h.events(id))
+			got := testenv.ResultTexts(h.events(id))
 			if len(got) != 1 || !strings.Contains(got[0], tc.want) {
 				t.Fatalf("results = %q, want one containing %q", got, tc.want)
 			}
@@ -314,7 +315,7 @@ func TestDroppedStreamsReconnectWithoutRunningACallTwice(t *testing.T) {
 	h.startWorker(h.workerOptions(t.TempDir()))
 	id := h.newSession("s")
 	for i := 1; i <= 3; i++ {
-		waitFor(t, "progress", func() bool { return len(results(h.events(id))) >= i*2 })
+		waitFor(t, "progress", func() bool { return len(testenv.ResultTexts(h.events(id))) >= i*2 })
 		h.cp.DropStreams()
 	}
 	h.waitScenario(id, "passed")
@@ -338,7 +339,7 @@ func TestDrainLetsTheInFlightCallPostThenReleasesTheItem(t *testing.T) {
 	if err := w1.stop(t); err != nil {
 		t.Fatalf("drain returned %v, want nil", err)
 	}
-	got := results(h.events(id))
+	got := testenv.ResultTexts(h.events(id))
 	if len(got) != 1 || !strings.Contains(got[0], "first-finished") {
 		t.Fatalf("after drain, results = %q; want the in-flight call's result posted", got)
 	}

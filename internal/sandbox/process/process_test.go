@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/sandbox/process"
 	"github.com/perimeterhq/perimeter/internal/sandbox/sandboxtest"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 	"github.com/perimeterhq/perimeter/internal/toolset"
 )
 
@@ -58,7 +58,7 @@ func run(m *testing.M) int {
 // printed only if the test fails.
 func newRuntime(t *testing.T, opts process.Options) *process.Runtime {
 	t.Helper()
-	var buf syncBuffer
+	var buf testenv.Buffer
 	t.Cleanup(func() {
 		if t.Failed() && buf.Len() > 0 {
 			t.Logf("runtime log:\n%s", buf.String())
@@ -298,28 +298,4 @@ func waitGone(t *testing.T, pid int) {
 		i := bytes.LastIndexByte(stat, ')')
 		return i >= 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X')
 	}, fmt.Sprintf("process %d to be gone", pid))
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Len()
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
