@@ -34,6 +34,47 @@ type Spec struct {
 	// built from an allow-list by the caller; backends add nothing from the
 	// host environment.
 	Env map[string]string
+	// Limits bound what the sandbox may consume; zero fields take
+	// [DefaultLimits]. Backends that cannot enforce a limit say so when
+	// they are created (and in `perimeter doctor`), never silently.
+	Limits Limits
+}
+
+// Limits are a sandbox's resource bounds.
+type Limits struct {
+	// MemoryBytes caps memory (and swap) of everything in the sandbox.
+	MemoryBytes int64 `yaml:"memory_bytes"`
+	// CPUs caps CPU time, in cores (0.5 = half a core).
+	CPUs float64 `yaml:"cpus"`
+	// PIDs caps the number of processes and threads.
+	PIDs int64 `yaml:"pids"`
+	// TmpBytes caps each writable scratch area (/tmp, the home directory).
+	TmpBytes int64 `yaml:"tmp_bytes"`
+	// WorkspaceBytes caps the workspace where the backend can (a
+	// loop-mounted filesystem, a sized volume); 0 = unbounded.
+	WorkspaceBytes int64 `yaml:"workspace_bytes"`
+}
+
+// DefaultLimits are the bounds used for zero fields of [Limits].
+var DefaultLimits = Limits{MemoryBytes: 1 << 30, CPUs: 1, PIDs: 256, TmpBytes: 64 << 20}
+
+// OrDefault fills l's zero fields from [DefaultLimits].
+func (l Limits) OrDefault() Limits {
+	d := DefaultLimits
+	if l.MemoryBytes > 0 {
+		d.MemoryBytes = l.MemoryBytes
+	}
+	if l.CPUs > 0 {
+		d.CPUs = l.CPUs
+	}
+	if l.PIDs > 0 {
+		d.PIDs = l.PIDs
+	}
+	if l.TmpBytes > 0 {
+		d.TmpBytes = l.TmpBytes
+	}
+	d.WorkspaceBytes = l.WorkspaceBytes
+	return d
 }
 
 // Call is one tool invocation sent to sandboxd.
@@ -86,6 +127,18 @@ var (
 	// ErrProtocol means sandboxd answered with something that is not a
 	// valid response.
 	ErrProtocol = errors.New("sandbox protocol violation")
+)
+
+// ReasonOOM is the [ExitError] reason of a sandbox killed for exceeding its
+// memory limit.
+const ReasonOOM = "out of memory"
+
+// Labels every backend puts on what it creates, so orphans of a crashed
+// worker can be found and removed.
+const (
+	LabelSession = "dev.perimeter.session"
+	LabelWork    = "dev.perimeter.work"
+	LabelWorker  = "dev.perimeter.worker"
 )
 
 // DefaultStartTimeout bounds how long Create waits for sandboxd's hello.

@@ -49,6 +49,8 @@ func Binary(t testing.TB) string {
 		}
 		binPath = filepath.Join(dir, "perimeter")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/perimeter")
+		// Static, so isolating backends can mount it into any image.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Dir = root
 		buildOut, buildErr = cmd.CombinedOutput()
 	})

@@ -240,4 +240,4 @@ func reason(e *sandbox.ExitError) string {
 	return " (" + e.Reason + ")"
 }
 
-var safeReason = regexp.MustCompile(`^(exit status -?[0-9]{1,5}|killed by signal (SIG[A-Z0-9]{2,8}|signal [0-9]{1,3}))$`)
+var safeReason = regexp.MustCompile(`^(exit status -?[0-9]{1,5}|killed by signal (SIG[A-Z0-9]{2,8}|signal [0-9]{1,3})|` + sandbox.ReasonOOM + `)$`)
