@@ -363,7 +363,7 @@ func (c *Conn) cancel(ctx context.Context, tool string, id uint64, replies chan 
 	case <-c.done:
 		return fmt.Errorf("exec %s: cancelled: %w", tool, ctx.Err())
 	case <-grace.C:
-		return fmt.Errorf("exec %s: cancelled; sandboxd did not stop the call within %s: %w", tool, c.opts.CancelGrace, ctx.Err())
+		return fmt.Errorf("exec %s: cancelled; sandboxd did not stop the call within %s: %w: %w", tool, c.opts.CancelGrace, ErrUnresponsive, ctx.Err())
 	}
 }
 

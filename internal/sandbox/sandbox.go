@@ -124,6 +124,9 @@ var (
 	// was answered. Backends return it as an [*ExitError], which says how
 	// sandboxd ended and whether the call had reached it.
 	ErrExited = errors.New("sandbox exited")
+	// ErrUnresponsive means sandboxd did not stop a cancelled call within
+	// its grace period: it is wedged and must be replaced.
+	ErrUnresponsive = errors.New("sandbox stopped answering")
 	// ErrProtocol means sandboxd answered with something that is not a
 	// valid response.
 	ErrProtocol = errors.New("sandbox protocol violation")

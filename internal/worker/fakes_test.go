@@ -29,3 +29,7 @@ func testutilGauge(g prometheus.Gauge) float64 {
 	_ = g.Write(&m)
 	return m.GetGauge().GetValue()
 }
+
+func testutilCounterVec(c *prometheus.CounterVec, labels ...string) float64 {
+	return testutilCounter(c.WithLabelValues(labels...))
+}

@@ -20,7 +20,6 @@ func BenchmarkCapText(b *testing.B) {
 		{"over", strings.Repeat("héllo wörld\n", 1<<20/14)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			b.SetBytes(int64(len(bc.text)))
 			b.ReportAllocs()
 			for b.Loop() {
 				if out := capText(bc.text, limit); len(out) > limit {

@@ -10,14 +10,15 @@ import (
 
 // Metrics are the worker's Prometheus metrics.
 type Metrics struct {
-	reg            *prometheus.Registry
-	toolCalls      *prometheus.CounterVec
-	toolDuration   *prometheus.HistogramVec
-	sessionsActive prometheus.Gauge
-	workItems      *prometheus.CounterVec
-	leaseLost      prometheus.Counter
-	pollLatency    prometheus.Histogram
-	sandboxStart   *prometheus.HistogramVec
+	reg             *prometheus.Registry
+	toolCalls       *prometheus.CounterVec
+	toolDuration    *prometheus.HistogramVec
+	sessionsActive  prometheus.Gauge
+	workItems       *prometheus.CounterVec
+	leaseLost       prometheus.Counter
+	pollLatency     prometheus.Histogram
+	sandboxStart    *prometheus.HistogramVec
+	sandboxFailures *prometheus.CounterVec
 }
 
 // NewMetrics registers the worker's metrics in reg; nil = a new registry
@@ -53,8 +54,11 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "perimeter_sandbox_start_seconds", Help: "Sandbox start time by runtime.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 3, 10),
 		}, []string{"runtime"}),
+		sandboxFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perimeter_sandbox_failures_total", Help: "Sandboxes that died (exited, OOM-killed, wedged) while serving a session, by runtime.",
+		}, []string{"runtime"}),
 	}
-	reg.MustRegister(m.toolCalls, m.toolDuration, m.sessionsActive, m.workItems, m.leaseLost, m.pollLatency, m.sandboxStart)
+	reg.MustRegister(m.sandboxFailures, m.toolCalls, m.toolDuration, m.sessionsActive, m.workItems, m.leaseLost, m.pollLatency, m.sandboxStart)
 	return m
 }
 

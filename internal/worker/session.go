@@ -197,27 +197,15 @@ func (s *session) runSession(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	sb, err := s.w.opts.Runtime.Create(ctx, sandbox.Spec{
-		SessionID: s.sessionID, WorkID: s.workID, Workspace: workspace, Env: s.w.sandboxEnv(),
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("start sandbox (%s runtime): %w", s.w.opts.Runtime.Name(), err)
-	}
-	s.w.metrics.sandboxStart.WithLabelValues(s.w.opts.Runtime.Name()).Observe(time.Since(start).Seconds())
-	if s.w.opts.RuntimeWarning != "" {
-		s.log.Warn(s.w.opts.RuntimeWarning)
-	}
-	defer func() {
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer ccancel()
-		if err := sb.Close(cctx); err != nil {
-			s.log.Warn("sandbox close failed", slog.Any("error", err))
-		}
-	}()
+	sb := &sessionSandbox{s: s, spec: sandbox.Spec{
+		SessionID: s.sessionID, WorkID: s.workID, Workspace: workspace,
+		Env: s.w.sandboxEnv(), Limits: s.w.opts.Limits,
+	}}
+	defer sb.close()
+	// Start it now so a slow or failing start shows at claim time; a
+	// failure here is retried by the first call, which reports it to the
+	// model if it persists.
+	_, _ = sb.current(ctx)
 
 	tools, err := s.w.tools(sb)
 	if err != nil {

@@ -57,6 +57,11 @@ type Options struct {
 	// RuntimeWarning, when set, is logged on every session (the process
 	// runtime's "no isolation" warning).
 	RuntimeWarning string
+	// Limits bound each sandbox; zero fields take sandbox.DefaultLimits.
+	Limits sandbox.Limits
+	// NoSandboxRestart keeps a session's sandbox dead once it dies: later
+	// calls get an error instead of a fresh sandbox.
+	NoSandboxRestart bool
 	// StateDir holds the call journal and the session workspaces. Required.
 	StateDir string
 	// MaxSessions bounds concurrent sessions; 0 = 4.
@@ -289,7 +294,7 @@ func (w *Worker) sandboxEnv() map[string]string {
 
 // tools builds the session's tools: the SDK's toolset proxied into the
 // sandbox, then the operator's custom tools.
-func (w *Worker) tools(sb sandbox.Sandbox) ([]anthropic.BetaTool, error) {
+func (w *Worker) tools(sb toolset.Executor) ([]anthropic.BetaTool, error) {
 	custom, err := toolset.Custom(sb, w.opts.CustomTools)
 	if err != nil {
 		return nil, err

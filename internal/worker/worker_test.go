@@ -447,3 +447,36 @@ func TestSessionsTokenFromSecret(t *testing.T) {
 		})
 	}
 }
+
+func TestADeadSandboxIsReplacedForTheNextCallAndTheWorkspaceKept(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		noRestart bool
+		after     string
+	}{
+		{"Restart", false, "expect: {is_error: false, contains: kept}"},
+		{"NoRestart", true, "expect: {is_error: true, contains: sandbox failure}"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, 5*time.Second, map[string]string{"s": scenario(`
+  - tool: write
+    input: {file_path: keep.txt, content: "kept"}
+    expect: {is_error: false}
+  - tool: bash
+    input: {command: "kill -9 $PPID; sleep 5"}
+    expect: {is_error: true, contains: "sandbox failure: the sandbox exited (killed by signal SIGKILL)"}
+  - tool: bash
+    input: {command: "cat keep.txt"}
+    ` + tc.after + `
+  - end: terminate
+`)})
+			opts := h.workerOptions(t.TempDir())
+			opts.NoSandboxRestart = tc.noRestart
+			w := h.startWorker(opts)
+			h.waitScenario(h.newSession("s"), "passed")
+			if got := testutilCounterVec(w.metrics.sandboxFailures, "process"); got != 1 {
+				t.Errorf("sandbox failures = %v, want 1", got)
+			}
+		})
+	}
+}

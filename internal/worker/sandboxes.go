@@ -1,0 +1,110 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+)
+
+// sessionSandbox is the session's sandbox as the tools see it. It starts the
+// sandbox on demand and, when one dies (exits, is OOM-killed, or stops
+// answering), replaces it for the next call if RestartOnFailure allows —
+// the workspace is kept, everything else starts fresh. A sandbox is never
+// shared between sessions.
+type sessionSandbox struct {
+	s    *session
+	spec sandbox.Spec
+
+	mu       sync.Mutex // guards the fields below
+	sb       sandbox.Sandbox
+	dead     error // why the last sandbox died, when it may not be replaced
+	restarts int
+}
+
+// Exec runs call in the current sandbox, starting one if needed.
+func (x *sessionSandbox) Exec(ctx context.Context, call sandbox.Call) (sandbox.Result, error) {
+	sb, err := x.current(ctx)
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	res, err := sb.Exec(ctx, call)
+	if isDead(err) {
+		x.retire(sb, err)
+	}
+	return res, err
+}
+
+func isDead(err error) bool {
+	return errors.Is(err, sandbox.ErrExited) || errors.Is(err, sandbox.ErrProtocol) ||
+		errors.Is(err, sandbox.ErrClosed) || errors.Is(err, sandbox.ErrUnresponsive)
+}
+
+// current returns the live sandbox, creating it when there is none.
+func (x *sessionSandbox) current(ctx context.Context) (sandbox.Sandbox, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.sb != nil {
+		return x.sb, nil
+	}
+	if x.dead != nil {
+		return nil, fmt.Errorf("%w: the session's sandbox died (%v) and the worker is configured not to replace it", sandbox.ErrClosed, x.dead)
+	}
+	w := x.s.w
+	start := time.Now()
+	sb, err := w.opts.Runtime.Create(ctx, x.spec)
+	if err != nil {
+		x.s.log.Error("could not start the sandbox", slog.String("runtime", w.opts.Runtime.Name()), slog.Any("error", err))
+		return nil, fmt.Errorf("%w: start sandbox: %w", sandbox.ErrClosed, err)
+	}
+	w.metrics.sandboxStart.WithLabelValues(w.opts.Runtime.Name()).Observe(time.Since(start).Seconds())
+	if w.opts.RuntimeWarning != "" {
+		x.s.log.Warn(w.opts.RuntimeWarning)
+	}
+	x.sb = sb
+	return sb, nil
+}
+
+// retire closes a sandbox that died and decides whether another may start.
+func (x *sessionSandbox) retire(sb sandbox.Sandbox, why error) {
+	x.mu.Lock()
+	if x.sb != sb {
+		x.mu.Unlock()
+		return
+	}
+	x.sb = nil
+	if x.s.w.opts.NoSandboxRestart {
+		x.dead = why
+	} else {
+		x.restarts++
+	}
+	x.mu.Unlock()
+	x.s.w.metrics.sandboxFailures.WithLabelValues(x.s.w.opts.Runtime.Name()).Inc()
+	x.s.log.Warn("sandbox failed; the workspace is kept", slog.Any("error", why), slog.Bool("replaced_on_next_call", !x.s.w.opts.NoSandboxRestart))
+	closeSandbox(sb, x.s.log)
+}
+
+// close closes the live sandbox, if any.
+func (x *sessionSandbox) close() {
+	x.mu.Lock()
+	sb := x.sb
+	x.sb = nil
+	x.mu.Unlock()
+	if sb != nil {
+		closeSandbox(sb, x.s.log)
+	}
+}
+
+// closeSandbox stops and removes sb on a context of its own: cleanup must
+// happen even when the session was cancelled.
+func closeSandbox(sb sandbox.Sandbox, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := sb.Close(ctx); err != nil {
+		log.Warn("sandbox close failed", slog.Any("error", err))
+	}
+}
