@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/docker/go-units"
 	"gopkg.in/yaml.v3"
 )
 
@@ -63,14 +64,61 @@ type Worker struct {
 
 // Sandbox selects and configures the sandbox backend.
 type Sandbox struct {
-	// Runtime is the backend name; empty picks the strongest available.
+	// Runtime is the backend: docker-runsc (gVisor), docker, bwrap or
+	// process; empty picks the strongest the host offers (in that order,
+	// never process).
 	Runtime string `yaml:"runtime"`
+	// Image is the docker runtimes' sandbox image, pinned: name@sha256:…
+	// or an image id sha256:… (`perimeter image build` prints one).
+	Image string `yaml:"image"`
+	// ResolveTags lets Image be a mutable tag, resolved to its digest once
+	// at start (and logged).
+	ResolveTags bool `yaml:"resolve_tags"`
+	// SeccompProfile is a JSON seccomp profile for the docker runtimes;
+	// empty uses the engine's default profile.
+	SeccompProfile string `yaml:"seccomp_profile"`
+	// Restart is what happens when a session's sandbox dies: on-failure
+	// (the default) starts a fresh one for the next call, keeping the
+	// workspace; never answers later calls with an error.
+	Restart string `yaml:"restart"`
+	// WarmPool keeps this many sandboxes started and waiting, so a claimed
+	// session does not wait for one; 0 disables it.
+	WarmPool int `yaml:"warm_pool"`
+	// Limits bound each sandbox.
+	Limits Limits `yaml:"limits"`
 	// InsecureProcessRuntime must be true to run sessions in the process
 	// runtime, which does not isolate anything.
 	InsecureProcessRuntime bool `yaml:"insecure_process_runtime"`
 	// Env adds allow-listed variables to the sandbox environment. Nothing
 	// from the worker's own environment is passed otherwise.
 	Env map[string]string `yaml:"env"`
+}
+
+// Limits bound each sandbox; zero values take the built-in defaults
+// (1 GiB memory, 1 CPU, 256 processes, 64 MiB /tmp and home).
+type Limits struct {
+	Memory    ByteSize `yaml:"memory"`
+	CPUs      float64  `yaml:"cpus"`
+	PIDs      int64    `yaml:"pids"`
+	Tmp       ByteSize `yaml:"tmp"`
+	Workspace ByteSize `yaml:"workspace"`
+}
+
+// ByteSize is a size written as 512MiB, 1g or a plain number of bytes.
+type ByteSize int64
+
+// UnmarshalYAML parses a human-readable size.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := units.RAMInBytes(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a size (try 512MiB or 2g)", n.Line, s)
+	}
+	*b = ByteSize(v)
+	return nil
 }
 
 // CustomTool is an operator-declared tool run as a command in the sandbox.
@@ -151,6 +199,11 @@ func Parse(b []byte, name string) (*Config, error) {
 	}
 	if c.Version != Version {
 		return nil, fmt.Errorf("%s: version is %d; this build reads version %d (add \"version: %d\" at the top)", name, c.Version, Version, Version)
+	}
+	switch c.Sandbox.Restart {
+	case "", "on-failure", "never":
+	default:
+		return nil, fmt.Errorf("%s: sandbox.restart is %q: use on-failure or never", name, c.Sandbox.Restart)
 	}
 	for i, t := range c.CustomTools {
 		switch {

@@ -60,3 +60,22 @@ func unwrapAll(err error) error {
 		err = u.Unwrap()
 	}
 }
+
+func TestSandboxLimitsReadHumanSizes(t *testing.T) {
+	c, err := Parse([]byte("version: 1\nsandbox:\n  limits: {memory: 512MiB, tmp: 64m, pids: 128, cpus: 0.5}\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Sandbox.Limits
+	if l.Memory != 512<<20 || l.Tmp != 64<<20 || l.PIDs != 128 || l.CPUs != 0.5 {
+		t.Errorf("limits = %+v", l)
+	}
+	for _, bad := range []string{"memory: lots", "memory: -1"} {
+		if _, err := Parse([]byte("version: 1\nsandbox:\n  limits: {"+bad+"}\n"), "t.yaml"); err == nil || !strings.Contains(err.Error(), "not a size") {
+			t.Errorf("%s: err = %v", bad, err)
+		}
+	}
+	if _, err := Parse([]byte("version: 1\nsandbox: {restart: sometimes}\n"), "t.yaml"); err == nil || !strings.Contains(err.Error(), "on-failure or never") {
+		t.Errorf("bad restart: err = %v", err)
+	}
+}
