@@ -132,6 +132,14 @@ var (
 	ErrProtocol = errors.New("sandbox protocol violation")
 )
 
+// Check is one line of a backend's report of what the host supports, as
+// `perimeter doctor` prints it.
+type Check struct {
+	Name   string
+	OK     bool
+	Detail string
+}
+
 // ReasonOOM is the [ExitError] reason of a sandbox killed for exceeding its
 // memory limit.
 const ReasonOOM = "out of memory"
