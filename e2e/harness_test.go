@@ -160,7 +160,7 @@ func startWorkerEnv(t *testing.T, baseURL, stateDir string, env []string, extra 
 	// The shipped example config (it declares the ticket_lookup custom
 	// tool), with flags for what a test must change.
 	args := append([]string{"worker", "--config", "../examples/perimeter.yaml",
-		"--state-dir", stateDir, "--admin-listen", "127.0.0.1:0", "--insecure-process-runtime",
+		"--state-dir", stateDir, "--admin-listen", "127.0.0.1:0", "--runtime", "process", "--insecure-process-runtime",
 		"--max-sessions", "8", "--max-idle", "2s", "--tool-timeout", "10s", "--drain-timeout", "15s"}, extra...)
 	p := startProc(t, "worker", append([]string{
 		"ANTHROPIC_BASE_URL=" + baseURL,

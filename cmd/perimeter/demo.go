@@ -119,13 +119,16 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 	cfg.Worker.StateDir = filepath.Join(dir, "worker")
 	cfg.Worker.MaxIdle = config.Duration(5 * time.Second)
 	if cfg.Sandbox.Runtime == "" {
+		// The demo falls back to the process runtime when the host offers
+		// nothing stronger, and says so.
 		cfg.Sandbox.InsecureProcessRuntime = true
 	}
-	w, err := newWorker(cfg, envKey, log.With(slog.String("component", "worker")), nil)
+	fmt.Fprintln(out, "Picking the strongest sandbox runtime this host offers…")
+	w, closeWorker, err := newWorker(ctx, cfg, envKey, log.With(slog.String("component", "worker")), nil)
 	if err != nil {
 		return err
 	}
-	defer w.Close()
+	defer closeWorker()
 	wctx, stopWorker := context.WithCancel(context.WithoutCancel(ctx))
 	workerDone := make(chan error, 1)
 	go func() { workerDone <- w.Run(wctx) }()
@@ -139,7 +142,7 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 	client := anthropic.NewClient(option.WithBaseURL(baseURL), option.WithAPIKey(apiKey))
 	agentID := "agent_" + f.scenario
 	fmt.Fprintf(out, "Perimeter demo\n  control plane  %s (embedded, offline)\n  sandbox        %s\n  scenario       %s\n  logs           %s\n\n",
-		baseURL, runtimeBlurb(cfg), agentID, logFile.Name())
+		baseURL, runtimeBlurb(w.RuntimeName()), agentID, logFile.Name())
 
 	sess, err := client.Beta.Sessions.New(ctx, anthropic.BetaSessionNewParams{
 		Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String(agentID)},
@@ -156,11 +159,18 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 	return tl.summary(ctx, client, sess.ID)
 }
 
-func runtimeBlurb(cfg *config.Config) string {
-	if cfg.Sandbox.Runtime == "" || cfg.Sandbox.Runtime == "process" {
-		return "process — NO isolation: the only runtime available on this host (development only)"
+func runtimeBlurb(name string) string {
+	switch name {
+	case "process":
+		return "process — NO isolation: nothing stronger works on this host (see `perimeter doctor`)"
+	case "docker-runsc":
+		return "docker-runsc — a hardened container on gVisor's user-space kernel"
+	case "docker":
+		return "docker — a hardened container (runc)"
+	case "bwrap":
+		return "bwrap — bubblewrap namespaces and seccomp"
 	}
-	return cfg.Sandbox.Runtime
+	return name
 }
 
 func mustSub(fsys fs.FS, dir string) fs.FS {

@@ -69,6 +69,7 @@ Offline control plane for development and tests:
 		newControlPlaneCmd(g),
 		newSandboxdCmd(),
 		newDemoCmd(g),
+		newDoctorCmd(g),
 	)
 	return root
 }

@@ -3,12 +3,15 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
@@ -18,8 +21,6 @@ import (
 
 	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/config"
-	"github.com/perimeterhq/perimeter/internal/sandbox"
-	"github.com/perimeterhq/perimeter/internal/sandbox/process"
 	"github.com/perimeterhq/perimeter/internal/worker"
 )
 
@@ -35,10 +36,10 @@ func (f *workerFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.baseURL, "base-url", "", "control plane URL (default $ANTHROPIC_BASE_URL, else the Anthropic API)")
 	fl.StringVar(&f.environmentID, "environment-id", "", "environment whose queue to serve (default $ANTHROPIC_ENVIRONMENT_ID)")
-	fl.StringVar(&f.workerID, "worker-id", "", "worker id reported to the control plane (default <hostname>-<pid>)")
+	fl.StringVar(&f.workerID, "worker-id", "", "worker id reported to the control plane and put on its sandboxes (default <hostname>-<hash of the state dir>, stable across restarts)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "directory for the call journal and session workspaces; share it between workers on one host (default ./perimeter-state)")
 	fl.StringVar(&f.adminListen, "admin-listen", "", `address of /healthz, /readyz and /metrics (default 127.0.0.1:9464; "off" disables)`)
-	fl.StringVar(&f.runtime, "runtime", "", "sandbox runtime: process (default: the strongest available)")
+	fl.StringVar(&f.runtime, "runtime", "", "sandbox runtime: docker-runsc, docker, bwrap or process (default: the strongest this host offers)")
 	fl.IntVar(&f.maxSessions, "max-sessions", 0, "sessions served at once (default 4)")
 	fl.DurationVar(&f.maxIdle, "max-idle", 0, "how long a session stays attached after its turn ends (default 60s; negative disables)")
 	fl.DurationVar(&f.toolTimeout, "tool-timeout", 0, "limit for one tool call (default 120s)")
@@ -114,11 +115,11 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		defer cancel()
 		_ = shutdownTracing(sctx)
 	}()
-	w, err := newWorker(cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, tp)
+	w, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, tp)
 	if err != nil {
 		return err
 	}
-	defer w.Close()
+	defer closeWorker()
 
 	if addr := cfg.Worker.AdminListen; addr != "off" {
 		ln, err := net.Listen("tcp", addr)
@@ -137,56 +138,54 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	return w.Run(audit.ParentFromEnv(ctx))
 }
 
-// newWorker builds a worker from cfg and the environment key.
-func newWorker(cfg *config.Config, envKey string, log *slog.Logger, tp trace.TracerProvider) (*worker.Worker, error) {
-	rt, warning, err := pickRuntime(cfg.Sandbox, log)
+// newWorker builds a worker, and its sandbox runtime, from cfg and the
+// environment key. The returned close releases the runtime after the
+// worker is done.
+func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog.Logger, tp trace.TracerProvider) (*worker.Worker, func(), error) {
+	if cfg.Worker.ID == "" {
+		cfg.Worker.ID = defaultWorkerID(cfg.Worker.StateDir)
+	}
+	rs, err := setupRuntime(ctx, cfg, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var clientOpts []option.RequestOption
 	if cfg.Anthropic.BaseURL != "" {
 		clientOpts = append(clientOpts, option.WithBaseURL(cfg.Anthropic.BaseURL))
 	}
-	return worker.New(worker.Options{
-		Client:         anthropic.NewClient(clientOpts...),
-		EnvironmentID:  cfg.Anthropic.EnvironmentID,
-		EnvironmentKey: envKey,
-		WorkerID:       cfg.Worker.ID,
-		Runtime:        rt,
-		RuntimeWarning: warning,
-		StateDir:       cfg.Worker.StateDir,
-		MaxSessions:    cfg.Worker.MaxSessions,
-		MaxIdle:        time.Duration(cfg.Worker.MaxIdle),
-		ToolTimeout:    time.Duration(cfg.Worker.ToolTimeout),
-		DrainTimeout:   time.Duration(cfg.Worker.DrainTimeout),
-		MaxOutputBytes: cfg.Worker.MaxOutputBytes,
-		SandboxEnv:     cfg.Sandbox.Env,
-		CustomTools:    cfg.CustomTools,
-		TracerProvider: tp,
-		Logger:         log,
+	w, err := worker.New(worker.Options{
+		Client:           anthropic.NewClient(clientOpts...),
+		EnvironmentID:    cfg.Anthropic.EnvironmentID,
+		EnvironmentKey:   envKey,
+		WorkerID:         cfg.Worker.ID,
+		Runtime:          rs.rt,
+		RuntimeWarning:   rs.warning,
+		Limits:           limits(cfg.Sandbox.Limits),
+		NoSandboxRestart: cfg.Sandbox.Restart == "never",
+		StateDir:         cfg.Worker.StateDir,
+		MaxSessions:      cfg.Worker.MaxSessions,
+		MaxIdle:          time.Duration(cfg.Worker.MaxIdle),
+		ToolTimeout:      time.Duration(cfg.Worker.ToolTimeout),
+		DrainTimeout:     time.Duration(cfg.Worker.DrainTimeout),
+		MaxOutputBytes:   cfg.Worker.MaxOutputBytes,
+		SandboxEnv:       cfg.Sandbox.Env,
+		CustomTools:      cfg.CustomTools,
+		TracerProvider:   tp,
+		Logger:           log,
 	})
+	if err != nil {
+		rs.Close()
+		return nil, nil, err
+	}
+	return w, func() { w.Close(); rs.Close() }, nil
 }
 
-// pickRuntime returns the configured sandbox runtime, or the strongest one
-// this host offers, and the warning to log on every session, if any.
-func pickRuntime(cfg config.Sandbox, log *slog.Logger) (sandbox.Runtime, string, error) {
-	name := cfg.Runtime
-	if name == "" {
-		// Isolating runtimes are picked first as they become available; the
-		// process runtime is chosen only when explicitly allowed.
-		if !cfg.InsecureProcessRuntime {
-			return nil, "", errors.New("no isolating sandbox runtime is available on this host; pass --insecure-process-runtime (or sandbox.insecure_process_runtime: true) to run tool calls as plain child processes with NO isolation")
-		}
-		name = "process"
-		log.Info("picked the sandbox runtime", slog.String("runtime", name), slog.String("why", "the only runtime available"))
-	}
-	switch name {
-	case "process":
-		if !cfg.InsecureProcessRuntime {
-			return nil, "", errors.New("the process runtime does not isolate tool calls; pass --insecure-process-runtime to accept that (development only)")
-		}
-		return process.New(process.Options{}), process.Warning, nil
-	default:
-		return nil, "", fmt.Errorf("unknown sandbox runtime %q: use process", name)
-	}
+// defaultWorkerID is stable across restarts of a worker on one host with
+// one state directory, so a restarted worker finds and removes the
+// sandboxes its crashed predecessor left behind.
+func defaultWorkerID(stateDir string) string {
+	host, _ := os.Hostname()
+	abs, _ := filepath.Abs(stateDir)
+	sum := sha256.Sum256([]byte(abs))
+	return host + "-" + hex.EncodeToString(sum[:4])
 }

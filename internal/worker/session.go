@@ -104,11 +104,15 @@ const (
 // deadline); drained, when closed, asks the session to finish its in-flight
 // call and release the item.
 func (s *session) serve(ctx context.Context, drained <-chan struct{}) itemResult {
-	ctx, span := s.w.tracer.Start(ctx, "perimeter.session", trace.WithAttributes(
+	attrs := []attribute.KeyValue{
 		attribute.String("perimeter.session.id", s.sessionID),
 		attribute.String("perimeter.work.id", s.workID),
 		attribute.String("perimeter.sandbox.runtime", s.w.opts.Runtime.Name()),
-	))
+	}
+	if img := s.w.image(); img != "" {
+		attrs = append(attrs, attribute.String("perimeter.sandbox.image", img))
+	}
+	ctx, span := s.w.tracer.Start(ctx, "perimeter.session", trace.WithAttributes(attrs...))
 	defer span.End()
 
 	sessCtx, cancel := context.WithCancel(ctx)

@@ -280,17 +280,23 @@ func (w *Worker) serveItem(ctx context.Context, work *anthropic.BetaSelfHostedWo
 	log.Info("work item ended", slog.String("result", string(result)), slog.Duration("duration", time.Since(start)))
 }
 
-// sandboxEnv is the complete environment of the sandbox: an allow-list,
-// never the worker's own environment.
-func (w *Worker) sandboxEnv() map[string]string {
+// sandboxEnv is the complete environment of the sandbox.
+func (w *Worker) sandboxEnv() map[string]string { return SandboxEnv(w.opts.SandboxEnv) }
+
+// SandboxEnv is the complete environment of a sandbox: an allow-list plus
+// the operator's extra variables, never the worker's own environment.
+func SandboxEnv(extra map[string]string) map[string]string {
 	env := map[string]string{
 		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"LANG": "C.UTF-8",
 		"TERM": "dumb",
 	}
-	maps.Copy(env, w.opts.SandboxEnv)
+	maps.Copy(env, extra)
 	return env
 }
+
+// RuntimeName names the sandbox runtime sessions run in.
+func (w *Worker) RuntimeName() string { return w.opts.Runtime.Name() }
 
 // tools builds the session's tools: the SDK's toolset proxied into the
 // sandbox, then the operator's custom tools.
@@ -309,4 +315,12 @@ func (w *Worker) toolList() string {
 		names = append(names, t.Name)
 	}
 	return strings.Join(names, ", ")
+}
+
+// image is the pinned image of the runtime's sandboxes, when it has one.
+func (w *Worker) image() string {
+	if i, ok := w.opts.Runtime.(interface{ Image() string }); ok {
+		return i.Image()
+	}
+	return ""
 }

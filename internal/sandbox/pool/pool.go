@@ -209,3 +209,11 @@ func (p *Pool) Close() error {
 	}
 	return nil
 }
+
+// Image is the pooled runtime's pinned image, when it has one.
+func (p *Pool) Image() string {
+	if i, ok := p.rt.(interface{ Image() string }); ok {
+		return i.Image()
+	}
+	return ""
+}

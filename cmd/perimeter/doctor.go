@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+)
+
+func newDoctorCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Report which sandbox runtimes this host supports, and why not",
+		Long: `Checks every sandbox runtime on this host: whether its prerequisites are
+there (the Docker engine and its OCI runtimes, bubblewrap, cgroup controllers
+for memory and process limits, the sandbox image) and whether a sandbox really
+starts and runs a command. Prints which runtime a worker with no runtime
+configured would pick. Exits non-zero when no isolating runtime works.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.load()
+			if err != nil {
+				return err
+			}
+			return runDoctor(cmd.Context(), cfg, cmd.OutOrStdout())
+		},
+	}
+}
+
+func runDoctor(ctx context.Context, cfg *config.Config, out io.Writer) error {
+	log := slog.New(slog.DiscardHandler)
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	pick := ""
+	for _, name := range strongestFirst {
+		fmt.Fprintf(tw, "%s\n", name)
+		rt, err := newRuntime(ctx, name, cfg, log)
+		if err != nil {
+			fmt.Fprintf(tw, "  \u2717\tavailable\t%v\n", err)
+			continue
+		}
+		if d, ok := rt.(interface {
+			Doctor(context.Context) []sandbox.Check
+		}); ok {
+			for _, c := range d.Doctor(ctx) {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark(c.OK), c.Name, c.Detail)
+			}
+		}
+		perr := probe(ctx, rt, cfg)
+		detail := "started a sandbox and ran a command in it"
+		if perr != nil {
+			detail = perr.Error()
+		} else if pick == "" {
+			pick = name
+		}
+		fmt.Fprintf(tw, "  %s\tworks\t%s\n", mark(perr == nil), detail)
+		if c, ok := rt.(io.Closer); ok {
+			c.Close()
+		}
+	}
+	tw.Flush()
+	if pick == "" {
+		fmt.Fprintln(out, "\nNo isolating runtime works on this host. Install Docker (with gVisor's runsc for the strongest isolation) or bubblewrap; see scripts/test-deps.sh.")
+		return fmt.Errorf("no isolating sandbox runtime works on this host")
+	}
+	fmt.Fprintf(out, "\nA worker with no sandbox.runtime configured would use: %s\n", pick)
+	return nil
+}
+
+func mark(ok bool) string {
+	if ok {
+		return "\u2713"
+	}
+	return "\u2717"
+}
