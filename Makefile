@@ -16,8 +16,10 @@ build: ## Build the static binary at ./bin/perimeter
 demo: build ## Run the quickstart scenario end to end on the embedded control plane, offline
 	./$(BIN) demo
 
-test-deps: ## Install what the tests need (Go modules)
+test-deps: ## Install what the tests need: Go modules; as root also Docker+gVisor, bubblewrap, debootstrap
 	$(GO) mod download
+	@if [ "$$(id -u)" = 0 ]; then scripts/test-deps.sh; \
+	else echo "make test-deps: not root, so Docker, gVisor and bubblewrap are not installed; tests that need them will skip"; fi
 
 test: test-deps ## Run every test (vet, unit, end-to-end, fault and conformance)
 	$(GO) vet $(PKGS)
