@@ -47,6 +47,10 @@ func Binary(t testing.TB) string {
 			buildErr = err
 			return
 		}
+		// Searchable by the unprivileged uid bwrap sandboxes run as.
+		if buildErr = os.Chmod(dir, 0o755); buildErr != nil {
+			return
+		}
 		binPath = filepath.Join(dir, "perimeter")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/perimeter")
 		// Static, so isolating backends can mount it into any image.

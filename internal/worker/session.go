@@ -317,9 +317,25 @@ func (w *Worker) workspace(sessionID string) (string, error) {
 	if !safeID.MatchString(sessionID) {
 		return "", fmt.Errorf("session id %q is not a safe directory name", sessionID)
 	}
-	dir := filepath.Join(w.opts.StateDir, "workspaces", sessionID)
+	// The workspaces directory is searchable but not listable (0711): a
+	// sandbox running as an unprivileged host uid (bwrap under a root
+	// worker) must reach its own workspace, and nothing else.
+	parent := filepath.Join(w.opts.StateDir, "workspaces")
+	if err := mkdirMode(parent, 0o711); err != nil {
+		return "", fmt.Errorf("create workspace: %w", err)
+	}
+	dir := filepath.Join(parent, sessionID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create workspace: %w", err)
 	}
 	return dir, nil
+}
+
+// mkdirMode creates dir (and parents) and sets its mode exactly, whatever
+// the umask or an earlier version made it.
+func mkdirMode(dir string, mode os.FileMode) error {
+	if err := os.MkdirAll(dir, mode); err != nil {
+		return err
+	}
+	return os.Chmod(dir, mode)
 }

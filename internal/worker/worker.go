@@ -137,7 +137,8 @@ func New(opts Options) (*Worker, error) {
 	if _, err := toolset.Custom(nil, opts.CustomTools); err != nil {
 		return nil, fmt.Errorf("custom tools: %w", err)
 	}
-	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+	// Searchable, not listable: see workspace.
+	if err := mkdirMode(opts.StateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
 	j, err := openJournal(opts.StateDir)

@@ -71,7 +71,12 @@ func New(rt sandbox.Runtime, opts Options) (*Pool, error) {
 	if opts.Size < 1 {
 		return nil, errors.New("pool: size must be at least 1")
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+	// Searchable, not listable, like the workspaces directory: a sandbox
+	// running as an unprivileged host uid must reach its own workspace.
+	if err := os.MkdirAll(opts.Dir, 0o711); err != nil {
+		return nil, fmt.Errorf("pool: %w", err)
+	}
+	if err := os.Chmod(opts.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
 	if opts.Logger == nil {
