@@ -18,7 +18,7 @@ demo: build ## Run the quickstart scenario end to end on the embedded control pl
 
 test-deps: ## Install what the tests need: Go modules; as root also Docker+gVisor, bubblewrap, debootstrap
 	$(GO) mod download
-	@if [ "$$(id -u)" = 0 ]; then scripts/test-deps.sh; \
+	@if [ "$$(id -u)" = 0 ]; then scripts/test-deps.sh && $(MAKE) --no-print-directory build && ./$(BIN) image build; \
 	else echo "make test-deps: not root, so Docker, gVisor and bubblewrap are not installed; tests that need them will skip"; fi
 
 test: test-deps ## Run every test (vet, unit, end-to-end, fault and conformance)

@@ -70,6 +70,7 @@ Offline control plane for development and tests:
 		newSandboxdCmd(),
 		newDemoCmd(g),
 		newDoctorCmd(g),
+		newImageCmd(g),
 	)
 	return root
 }

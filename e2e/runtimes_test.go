@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
+)
+
+// TestShippedScenariosPassOnEveryIsolatingRuntime runs scenarios through
+// the real worker on each isolating backend.
+func TestShippedScenariosPassOnEveryIsolatingRuntime(t *testing.T) {
+	for _, tc := range []struct {
+		runtime   string
+		scenarios []string
+		needs     func() (bool, string)
+	}{
+		{"docker", []string{"quickstart", "errors", "custom-tools"}, dockerReady},
+		// Debian's gVisor (2022) rejects bookworm coreutils' statx, so `ls`
+		// and `stat` fail under it; this scenario avoids them.
+		{"docker-runsc", []string{"e2e-slow"}, dockerReady},
+		{"bwrap", []string{"quickstart", "errors", "custom-tools"}, bwrapReady},
+	} {
+		t.Run(tc.runtime, func(t *testing.T) {
+			ok, what := tc.needs()
+			testenv.Need(t, ok, what)
+			cp := startControlPlane(t, t.TempDir(), "")
+			op := operator(cp.url)
+			// Not t.TempDir: its parents are 0700, and a bwrap sandbox
+			// under a root worker runs as an unprivileged uid that must
+			// reach its workspace.
+			state, err := os.MkdirTemp("", "perimeter-e2e-state-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(state) })
+			workerID := "e2e-" + tc.runtime + "-" + filepathBase(state)
+			w := startWorkerEnv(t, cp.url, state, nil, "--runtime", tc.runtime, "--worker-id", workerID)
+			ids := map[string]string{}
+			for _, name := range tc.scenarios {
+				ids[name] = newSession(t, op, name)
+			}
+			for name, id := range ids {
+				t.Run(name, func(t *testing.T) { waitPassed(t, op, id) })
+			}
+			w.signal(sigterm)
+			if code := w.wait(60 * time.Second); code != 0 {
+				t.Errorf("worker exited %d", code)
+			}
+			if out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=dev.perimeter.worker="+workerID).Output(); tc.runtime != "bwrap" && strings.TrimSpace(string(out)) != "" {
+				t.Errorf("containers left behind: %s", out)
+			}
+		})
+	}
+}
+
+func dockerReady() (bool, string) {
+	if exec.Command("docker", "image", "inspect", "perimeter-sandbox:bookworm").Run() != nil {
+		return false, "a Docker engine with the sandbox image (run scripts/test-deps.sh and perimeter image build as root)"
+	}
+	return true, ""
+}
+
+func bwrapReady() (bool, string) {
+	if exec.Command("bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true").Run() != nil {
+		return false, "bubblewrap able to create namespaces (apt-get install bubblewrap)"
+	}
+	return true, ""
+}
+
+func filepathBase(p string) string { return p[strings.LastIndex(p, "/")+1:] }

@@ -1,0 +1,185 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/go-units"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+)
+
+// Doctor reports what this host offers the runtime: the engine and its
+// version, the OCI runtimes, whether memory, PID and CPU limits and seccomp
+// take effect, docker-init, the image, and whether a workspace size limit
+// can be enforced. It never fails; each check says what is wrong and what
+// to do.
+func (r *Runtime) Doctor(ctx context.Context) []sandbox.Check {
+	ver, err := r.cli.ServerVersion(ctx)
+	if err != nil {
+		return []sandbox.Check{{Name: "docker engine", Detail: fmt.Sprintf("not reachable at %s: %v (start dockerd, or set DOCKER_HOST)", r.cli.DaemonHost(), err)}}
+	}
+	checks := []sandbox.Check{{Name: "docker engine", OK: true,
+		Detail: fmt.Sprintf("Docker %s (API %s) at %s", ver.Version, r.cli.ClientVersion(), r.cli.DaemonHost())}}
+	info, err := r.cli.Info(ctx)
+	if err != nil {
+		return append(checks, sandbox.Check{Name: "docker engine info", Detail: err.Error()})
+	}
+
+	for _, rt := range []string{"runc", "runsc"} {
+		c := sandbox.Check{Name: "oci runtime " + rt}
+		if _, ok := info.Runtimes[rt]; ok {
+			c.OK, c.Detail = true, "registered"
+		} else {
+			c.Detail = "not registered with the engine"
+			if rt == "runsc" {
+				c.Detail += ": install gVisor (apt-get install runsc) and add it to /etc/docker/daemon.json \"runtimes\" (scripts/test-deps.sh does)"
+			}
+		}
+		if rt == r.opts.OCIRuntime {
+			c.Detail += " (used by this worker)"
+		}
+		checks = append(checks, c)
+	}
+	if _, ok := info.Runtimes[r.opts.OCIRuntime]; !ok && !slices.Contains([]string{"runc", "runsc"}, r.opts.OCIRuntime) {
+		checks = append(checks, sandbox.Check{Name: "oci runtime " + r.opts.OCIRuntime, Detail: "not registered with the engine (used by this worker)"})
+	}
+
+	cgroup := fmt.Sprintf("cgroup v%s, %s driver", info.CgroupVersion, info.CgroupDriver)
+	checks = append(checks,
+		sandbox.Check{Name: "memory limit", OK: info.MemoryLimit && info.SwapLimit,
+			Detail: limitDetail(info.MemoryLimit && info.SwapLimit, cgroup, "memory (and swap) limits")},
+		sandbox.Check{Name: "pids limit", OK: info.PidsLimit, Detail: limitDetail(info.PidsLimit, cgroup, "process limits")},
+		sandbox.Check{Name: "cpu limit", OK: info.CPUCfsQuota, Detail: limitDetail(info.CPUCfsQuota, cgroup, "CPU quotas")},
+	)
+	seccomp := sandbox.Check{Name: "seccomp"}
+	for _, o := range info.SecurityOptions {
+		if strings.Contains(o, "name=seccomp") {
+			seccomp.OK = true
+			seccomp.Detail = "enabled (" + o + ")"
+		}
+	}
+	if !seccomp.OK {
+		seccomp.Detail = "the engine does not apply seccomp: sandboxes reach every system call the kernel has"
+	} else if r.seccomp != "" {
+		seccomp.Detail += "; this worker uses the profile " + r.opts.SeccompProfile
+	}
+	checks = append(checks, seccomp)
+	checks = append(checks, sandbox.Check{Name: "docker-init", OK: info.InitBinary != "",
+		Detail: map[bool]string{true: info.InitBinary + " (PID 1 of every sandbox)", false: "the engine has no init binary: install tini (Debian's docker.io ships it)"}[info.InitBinary != ""]})
+	for _, w := range info.Warnings {
+		checks = append(checks, sandbox.Check{Name: "engine warning", Detail: w})
+	}
+
+	img := sandbox.Check{Name: "sandbox image"}
+	ins, err := r.cli.ImageInspect(ctx, r.image)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		img.Detail = r.image + " is not in the engine: build it with `perimeter image build`"
+	case err != nil:
+		img.Detail = err.Error()
+	default:
+		img.OK = true
+		created, _ := time.Parse(time.RFC3339Nano, ins.Created)
+		img.Detail = fmt.Sprintf("%s (%s, built %s)", r.image, units.HumanSize(float64(ins.Size)), created.Format(time.DateOnly))
+	}
+	checks = append(checks, img)
+	if img.OK && r.gVisor() {
+		checks = append(checks, r.checkGVisorStatx(ctx))
+	}
+	if !r.gVisor() {
+		checks = append(checks, r.checkPtrace())
+	}
+
+	ws := sandbox.Check{Name: "workspace size limit", OK: true,
+		Detail: "enforceable: limits.workspace_bytes loop-mounts an ext4 file system per sandbox"}
+	if err := workspaceFSSupported(); err != nil {
+		ws = sandbox.Check{Name: "workspace size limit", Detail: "limits.workspace_bytes cannot be enforced: " + err.Error()}
+	}
+	return append(checks, ws)
+}
+
+func limitDetail(ok bool, cgroup, what string) string {
+	if ok {
+		return "enforced (" + cgroup + ")"
+	}
+	return fmt.Sprintf("NOT enforced: the engine reports no support for %s (%s); enable the cgroup controller", what, cgroup)
+}
+
+// checkGVisorStatx runs `stat /` in a throwaway sandbox container: gVisor
+// releases before 2023 (Debian bookworm's runsc among them) reject statx
+// with AT_NO_AUTOMOUNT, which coreutils uses, so `ls -l` and `stat` fail
+// in every sandbox.
+func (r *Runtime) checkGVisorStatx(ctx context.Context) sandbox.Check {
+	c := sandbox.Check{Name: "gvisor file status"}
+	code, err := r.runProbe(ctx, []string{"/usr/bin/stat", "-c", "%s", "/"})
+	switch {
+	case err != nil:
+		c.Detail = "could not run a probe sandbox: " + err.Error()
+	case code != 0:
+		c.Detail = "stat(1) fails inside gVisor sandboxes (this runsc rejects statx with AT_NO_AUTOMOUNT, so `ls -l` and `stat` fail for agents): install a gVisor release from 2023 or later (https://gvisor.dev/docs/user_guide/install/)"
+	default:
+		c.OK, c.Detail = true, "stat(1) works inside gVisor sandboxes"
+	}
+	return c
+}
+
+// runProbe runs cmd in a throwaway container of the sandbox image, with
+// the sandboxes' isolation, and returns its exit code.
+func (r *Runtime) runProbe(ctx context.Context, cmd []string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	created, err := r.cli.ContainerCreate(ctx,
+		&container.Config{Image: r.image, User: "1000:1000", Entrypoint: cmd, NetworkDisabled: true,
+			Labels: map[string]string{sandbox.LabelSession: "doctor-probe", sandbox.LabelWorker: r.opts.WorkerID}},
+		&container.HostConfig{Runtime: r.opts.OCIRuntime, NetworkMode: "none", CapDrop: []string{"ALL"},
+			SecurityOpt: r.securityOpts(), ReadonlyRootfs: true, LogConfig: container.LogConfig{Type: "none"}},
+		nil, nil, "")
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+		defer rcancel()
+		_ = r.removeContainer(rctx, created.ID, 0)
+	}()
+	waitC, errC := r.cli.ContainerWait(ctx, created.ID, container.WaitConditionNextExit)
+	if err := r.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		return 0, err
+	}
+	select {
+	case w := <-waitC:
+		if w.Error != nil {
+			return 0, fmt.Errorf("%s", w.Error.Message)
+		}
+		return int(w.StatusCode), nil
+	case err := <-errC:
+		return 0, err
+	}
+}
+
+// checkPtrace reports whether processes in a runc sandbox can trace each
+// other (sandboxd included). They all belong to the session, so no
+// boundary is crossed, but the engine's default seccomp profile allows
+// ptrace on kernels from 4.8 and only Yama or a custom profile stops it.
+func (r *Runtime) checkPtrace() sandbox.Check {
+	c := sandbox.Check{Name: "ptrace inside sandboxes"}
+	scope, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	s := strings.TrimSpace(string(scope))
+	switch {
+	case r.seccomp != "":
+		c.OK, c.Detail = true, "decided by the configured seccomp profile "+r.opts.SeccompProfile
+	case err == nil && s != "0":
+		c.OK, c.Detail = true, "limited by Yama (kernel.yama.ptrace_scope = "+s+")"
+	default:
+		c.Detail = "processes in a sandbox can ptrace each other and sandboxd (the engine's default seccomp profile allows it): " +
+			"set kernel.yama.ptrace_scope=2 on the host, or configure a seccomp_profile without ptrace, process_vm_readv and process_vm_writev"
+	}
+	return c
+}

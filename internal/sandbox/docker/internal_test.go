@@ -1,0 +1,73 @@
+package docker
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+)
+
+func TestExitReasonUsesTheWordsTheModelMaySee(t *testing.T) {
+	// The toolset shows the model only reasons of these forms.
+	safe := regexp.MustCompile(`^(exit status -?[0-9]{1,5}|killed by signal (SIG[A-Z0-9]{2,8}|signal [0-9]{1,3})|` + sandbox.ReasonOOM + `)$`)
+	tests := []struct {
+		state container.State
+		want  string
+	}{
+		{container.State{ExitCode: 0}, "exit status 0"},
+		{container.State{ExitCode: 2}, "exit status 2"},
+		{container.State{ExitCode: 137}, "killed by signal SIGKILL"},
+		{container.State{ExitCode: 143}, "killed by signal SIGTERM"},
+		{container.State{ExitCode: 129}, "killed by signal SIGHUP"},
+		{container.State{ExitCode: 128 + 40}, "killed by signal signal 40"},
+		{container.State{ExitCode: 255}, "exit status 255"},
+		{container.State{ExitCode: 137, OOMKilled: true}, sandbox.ReasonOOM},
+		// An earlier OOM kill of a tool does not explain a later clean exit.
+		{container.State{ExitCode: 0, OOMKilled: true}, "exit status 0"},
+	}
+	for _, tc := range tests {
+		got := exitReason(&tc.state)
+		if got != tc.want {
+			t.Errorf("exitReason(%+v) = %q, want %q", tc.state, got, tc.want)
+		}
+		if !safe.MatchString(got) {
+			t.Errorf("exitReason(%+v) = %q, which the toolset would not show", tc.state, got)
+		}
+	}
+}
+
+func TestEnvArgsRefusesWhatEnvWouldMisread(t *testing.T) {
+	got, err := envArgs(map[string]string{"PATH": "/bin", "A": "x=y", "EMPTY": ""})
+	if err != nil || strings.Join(got, " ") != "A=x=y EMPTY= PATH=/bin" {
+		t.Errorf("envArgs = %q, %v", got, err)
+	}
+	for _, bad := range []map[string]string{{"": "x"}, {"A=B": "x"}, {"-i": "x"}, {"A": "x\x00y"}, {"A\x00": "x"}} {
+		if _, err := envArgs(bad); err == nil {
+			t.Errorf("envArgs(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestContainerNameIsValidAndReadable(t *testing.T) {
+	valid := regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]+$`)
+	for _, session := range []string{"sesn_01ABC", "", "../../etc", strings.Repeat("x", 100), "-.-", "sesn with spaces"} {
+		name := containerName(session)
+		if !valid.MatchString(name) || len(name) > 64 {
+			t.Errorf("containerName(%q) = %q, not a valid container name", session, name)
+		}
+	}
+	if a, b := containerName("s"), containerName("s"); a == b {
+		t.Errorf("two sandboxes of one session got the same name %q", a)
+	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/bad\09`: `/bad\09`, `/end\04`: `/end\04`} {
+		if got := unescapeMount(in); got != want {
+			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

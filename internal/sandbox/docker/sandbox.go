@@ -1,0 +1,292 @@
+package docker
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-units"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+)
+
+const (
+	// exitReasonWait bounds how long a broken channel waits for the engine
+	// to report how the container ended.
+	exitReasonWait = 3 * time.Second
+	// stderrLines is how many lines of sandboxd's stderr are logged per
+	// sandbox, each clipped to stderrLineBytes; the rest are counted.
+	stderrLines     = 200
+	stderrLineBytes = 1024
+	// stderrTail is how many recent stderr lines a start failure quotes.
+	stderrTail = 5
+)
+
+// Sandbox is one container running sandboxd.
+type Sandbox struct {
+	rt     *Runtime
+	id     string
+	log    *slog.Logger
+	limits sandbox.Limits
+	wsfs   *workspaceFS // nil unless the workspace is size-bounded
+	conn   *sandbox.Conn
+	stderr *stderrLog
+	oom    *oomCounter    // nil when the memory cgroup cannot be read
+	wg     sync.WaitGroup // the stream demultiplexer and the stderr logger
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ sandbox.Sandbox = (*Sandbox)(nil)
+
+// ContainerID is the engine's ID of the sandbox's container.
+func (s *Sandbox) ContainerID() string { return s.id }
+
+// Exec runs call in sandboxd. See [sandbox.Sandbox]. When the kernel killed
+// a process of the sandbox for memory while the call ran (sandboxd itself
+// survived), the result says so: the model sees "out of memory", not only
+// a bare "Killed".
+func (s *Sandbox) Exec(ctx context.Context, call sandbox.Call) (sandbox.Result, error) {
+	before, counted := s.oom.count()
+	res, err := s.conn.Exec(ctx, call)
+	if err == nil && counted {
+		if after, ok := s.oom.count(); ok && after > before {
+			res.Text += fmt.Sprintf("\n[%s: the sandbox reached its %s memory limit and a process in it was killed]",
+				sandbox.ReasonOOM, units.BytesSize(float64(s.limits.MemoryBytes)))
+			s.log.Warn("a process in the sandbox was killed for memory", slog.String("tool", call.Tool), slog.Uint64("oom_kills", after-before))
+		}
+	}
+	return res, err
+}
+
+// Close stops the container (SIGTERM, then SIGKILL after a short grace),
+// removes it with its anonymous volumes and, for a size-bounded workspace,
+// moves the files back into the workspace directory. It runs on a context
+// detached from ctx's cancellation and is idempotent.
+func (s *Sandbox) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+		defer cancel()
+		s.closeErr = s.close(cctx, stopGrace)
+	})
+	return s.closeErr
+}
+
+// close tears down whatever Create got to. It is called once.
+func (s *Sandbox) close(ctx context.Context, grace time.Duration) error {
+	var errs []error
+	if s.conn != nil {
+		_ = s.conn.Close() // closes the attach connection: the demultiplexer ends
+	}
+	if s.id != "" {
+		if err := s.rt.removeContainer(ctx, s.id, grace); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.wg.Wait()
+	if s.wsfs != nil {
+		if err := s.wsfs.unmount(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		s.log.Debug("sandbox closed")
+	}
+	return errors.Join(errs...)
+}
+
+// attach connects to the created container's stdio: stdout feeds the RPC,
+// stderr the log. It must happen before the start, so nothing sandboxd
+// writes is lost.
+func (s *Sandbox) attach(ctx context.Context) error {
+	hj, err := s.rt.cli.ContainerAttach(ctx, s.id, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return fmt.Errorf("attach to container: %w", err)
+	}
+	s.stderr = &stderrLog{log: s.log}
+	stdoutR, stdoutW := io.Pipe()
+	stderrR, stderrW := io.Pipe()
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		// The frames are the engine's, so their framing can be trusted;
+		// their contents are sandboxd's.
+		if _, err := stdcopy.StdCopy(stdoutW, stderrW, hj.Reader); err != nil && !errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, net.ErrClosed) {
+			s.log.Debug("container output stream ended", slog.Any("error", err))
+		}
+		stdoutW.Close()
+		stderrW.Close()
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.stderr.copy(stderrR)
+	}()
+	s.conn = sandbox.NewConn(attachIO{stdout: stdoutR, conn: hj.Conn}, sandbox.ConnOptions{ExitReason: s.exitReason})
+	return nil
+}
+
+// attachIO joins the demultiplexed stdout (read) and the attach
+// connection (write, to sandboxd's stdin) for the Conn.
+type attachIO struct {
+	stdout *io.PipeReader
+	conn   net.Conn
+}
+
+func (a attachIO) Read(b []byte) (int, error)  { return a.stdout.Read(b) }
+func (a attachIO) Write(b []byte) (int, error) { return a.conn.Write(b) }
+
+// Close unblocks a pending Read (the pipe) and Write (the connection).
+func (a attachIO) Close() error {
+	return errors.Join(a.conn.Close(), a.stdout.Close())
+}
+
+// exitReason is the Conn's ExitReason: how the container ended, once the
+// engine reports it stopped.
+func (s *Sandbox) exitReason() string {
+	ctx, cancel := context.WithTimeout(context.Background(), exitReasonWait)
+	defer cancel()
+	delay := 10 * time.Millisecond
+	for {
+		ins, err := s.rt.cli.ContainerInspect(ctx, s.id)
+		switch {
+		case cerrdefs.IsNotFound(err):
+			return "container removed"
+		case err == nil && ins.State != nil && !ins.State.Running:
+			return exitReason(ins.State)
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				s.log.Warn("cannot learn how the sandbox ended", slog.Any("error", err))
+				return ""
+			}
+			return "closed its output"
+		case <-time.After(delay):
+			delay = min(2*delay, 200*time.Millisecond)
+		}
+	}
+}
+
+// exitReason words a stopped container's state like sandbox.ExitReason.
+// PID 1 is docker-init, which exits 128+n when sandboxd dies of signal n,
+// and the engine reports 128+n for a container it killed.
+func exitReason(st *container.State) string {
+	switch code := st.ExitCode; {
+	case st.OOMKilled && code == 128+int(syscall.SIGKILL):
+		return sandbox.ReasonOOM
+	case code > 128 && code <= 128+64:
+		return "killed by signal " + sandbox.SignalName(syscall.Signal(code-128))
+	default:
+		return "exit status " + strconv.Itoa(code)
+	}
+}
+
+// removeContainer stops id (SIGTERM, SIGKILL after grace; none if grace is
+// 0) and removes it. A container already gone is not an error.
+func (r *Runtime) removeContainer(ctx context.Context, id string, grace time.Duration) error {
+	if grace > 0 {
+		secs := int((grace + time.Second - 1) / time.Second)
+		if err := r.cli.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotFound(err) {
+			r.log.Debug("stopping a sandbox container failed; removing it by force", slog.String("container", shortID(id)), slog.Any("error", err))
+		}
+	}
+	err := r.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	switch {
+	case err == nil || cerrdefs.IsNotFound(err):
+		return nil
+	case cerrdefs.IsConflict(err):
+		// Another caller (RemoveOrphans, a concurrent Close) is removing
+		// it: wait for that to finish.
+		for {
+			if _, ierr := r.cli.ContainerInspect(ctx, id); cerrdefs.IsNotFound(ierr) {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("remove container %s: %w", shortID(id), err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	default:
+		return fmt.Errorf("remove container %s: %w", shortID(id), err)
+	}
+}
+
+// statOwner is the owner uid of fi's file.
+func statOwner(fi fs.FileInfo) (int, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return int(st.Uid), true
+}
+
+// stderrLog logs sandboxd's standard error, bounded: sandboxd is on the
+// hostile side and must not be able to flood the worker's log.
+type stderrLog struct {
+	log *slog.Logger
+
+	mu      sync.Mutex // guards the fields below
+	logged  int
+	dropped int
+	last    []string // the last stderrTail lines
+}
+
+func (l *stderrLog) copy(r *io.PipeReader) {
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 4096)
+	for {
+		line, err := sandbox.ReadLine(br, stderrLineBytes)
+		if errors.Is(err, sandbox.ErrLineTooLong) {
+			line, err = []byte("(line too long, dropped)"), nil
+		}
+		if err != nil {
+			break
+		}
+		l.add(strings.ToValidUTF8(string(line), "\uFFFD"))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dropped > 0 {
+		l.log.Warn("sandboxd stderr lines not logged", slog.Int("count", l.dropped))
+	}
+}
+
+func (l *stderrLog) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.last = append(l.last, line)
+	if len(l.last) > stderrTail {
+		l.last = l.last[1:]
+	}
+	if l.logged >= stderrLines {
+		l.dropped++
+		return
+	}
+	l.logged++
+	l.log.Warn("sandboxd stderr", slog.String("line", line))
+}
+
+// tail is the last lines sandboxd wrote to stderr; nil-safe.
+func (l *stderrLog) tail() string {
+	if l == nil {
+		return ""
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.last, " | ")
+}
