@@ -21,17 +21,15 @@
 // engine adds or the HOME runc adds reach it), other sessions' files and
 // processes, the engine's socket, or more than its limits of memory (swap
 // included), CPU and processes. It runs as uid 1000 with every capability
-// dropped, no-new-privileges, the engine's default seccomp profile (or the
-// configured one), core dumps off, and PID, IPC, UTS, cgroup and mount
+// dropped, no-new-privileges, Docker's default seccomp profile without
+// ptrace and process_vm_readv/writev (or the configured profile), core dumps off, and PID, IPC, UTS, cgroup and mount
 // namespaces of its own; under runsc its system calls are served by gVisor,
 // not by the host kernel. A kernel or runtime bug is the way out; runsc
 // narrows that.
 //
-// Within the container, processes are all the session's own: with the
-// engine's default seccomp profile they may ptrace each other (sandboxd
-// too) on kernels from 4.8, which crosses no boundary, since the worker
-// trusts nothing sandboxd says; a custom SeccompProfile or the host's Yama
-// ptrace_scope stops it (`perimeter doctor` says which applies).
+// Docker's own default profile lets the processes of a container ptrace
+// each other (sandboxd included) on kernels from 4.8; the profile used here
+// removes that.
 //
 // Process limit. Under runc, Limits.PIDs is the cgroup's pids limit. Under
 // gVisor the cgroup counts gVisor's own host threads (several per guest
@@ -179,6 +177,8 @@ func New(opts Options) (*Runtime, error) {
 			return nil, fmt.Errorf("docker: seccomp profile %s is not valid JSON: %w", opts.SeccompProfile, err)
 		}
 		r.seccomp = buf.String()
+	} else if r.seccomp, err = defaultSeccomp(); err != nil {
+		return nil, fmt.Errorf("docker: build the default seccomp profile: %w", err)
 	}
 
 	if r.cli == nil {

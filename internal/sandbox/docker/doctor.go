@@ -67,8 +67,10 @@ func (r *Runtime) Doctor(ctx context.Context) []sandbox.Check {
 	}
 	if !seccomp.OK {
 		seccomp.Detail = "the engine does not apply seccomp: sandboxes reach every system call the kernel has"
-	} else if r.seccomp != "" {
+	} else if r.opts.SeccompProfile != "" {
 		seccomp.Detail += "; this worker uses the profile " + r.opts.SeccompProfile
+	} else {
+		seccomp.Detail += "; this worker uses Docker's default profile without ptrace"
 	}
 	checks = append(checks, seccomp)
 	checks = append(checks, sandbox.Check{Name: "docker-init", OK: info.InitBinary != "",
