@@ -104,9 +104,12 @@ func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*r
 		}
 	}
 	if sc.WarmPool > 0 {
-		if name == "process" {
+		switch {
+		case name == "process":
 			log.Warn("sandbox.warm_pool is ignored for the process runtime: its sandboxes cannot change workspace")
-		} else {
+		case sc.Limits.Workspace > 0:
+			log.Warn("sandbox.warm_pool is ignored with limits.workspace: a size-bounded workspace is a mounted file system that cannot be handed over")
+		default:
 			p, err := pool.New(s.rt, pool.Options{
 				Size: sc.WarmPool, Dir: filepath.Join(cfg.Worker.StateDir, "pool"),
 				Env: worker.SandboxEnv(sc.Env), Limits: limits(sc.Limits), Logger: log,
