@@ -3,6 +3,8 @@ package e2e
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -72,3 +74,29 @@ func bwrapReady() (bool, string) {
 }
 
 func filepathBase(p string) string { return p[strings.LastIndex(p, "/")+1:] }
+
+// TestAWarmPoolSandboxServesASessionOnDocker hands a session a sandbox the
+// pool started before the session existed, and the session runs in it.
+func TestAWarmPoolSandboxServesASessionOnDocker(t *testing.T) {
+	ok, what := dockerReady()
+	testenv.Need(t, ok, what)
+	cfg := filepath.Join(t.TempDir(), "pool.yaml")
+	if err := os.WriteFile(cfg, []byte("version: 1\nsandbox:\n  warm_pool: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state, err := os.MkdirTemp("", "perimeter-e2e-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	cp := startControlPlane(t, t.TempDir(), "")
+	op := operator(cp.url)
+	w := startWorkerEnv(t, cp.url, state, nil, "--config", cfg, "--runtime", "docker", "--worker-id", "e2e-pool-"+filepathBase(state))
+	w.waitLog(regexp.MustCompile(`warm sandbox ready`))
+	waitPassed(t, op, newSession(t, op, "quickstart"))
+	w.waitLog(regexp.MustCompile(`handed out a warm sandbox`))
+	w.signal(sigterm)
+	if code := w.wait(60 * time.Second); code != 0 {
+		t.Errorf("worker exited %d", code)
+	}
+}

@@ -118,7 +118,7 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 		}
 		return p.rt.Create(ctx, spec)
 	}
-	p.log.Debug("handed out a warm sandbox", slog.String("session_id", spec.SessionID))
+	p.log.Info("handed out a warm sandbox", slog.String("session_id", spec.SessionID))
 	return w.sb, nil
 }
 
@@ -158,6 +158,9 @@ func (p *Pool) refill() {
 					p.ready = append(p.ready, w)
 				}
 				p.mu.Unlock()
+				if !closed {
+					p.log.Info("warm sandbox ready")
+				}
 				if closed {
 					p.discard(w)
 				}
