@@ -242,8 +242,15 @@ func TestSIGTERMDrainsAndAnotherWorkerFinishes(t *testing.T) {
 	state := t.TempDir()
 	w1 := startWorker(t, cp.url, state)
 	id := newSession(t, op, "e2e-slow")
-	waitEvent(t, op, id, func(e map[string]any) bool { return e["type"] == "agent.tool_use" })
-	time.Sleep(300 * time.Millisecond)
+	started := filepath.Join(state, "workspaces", id, "started")
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(started); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first call never started")
+		}
+	}
 	w1.signal(sigterm)
 	if code := w1.wait(30 * time.Second); code != 0 {
 		t.Fatalf("worker exited %d on SIGTERM, want 0", code)
@@ -277,7 +284,7 @@ func TestTheUnmodifiedSDKWorkerCompletesScenariosOnTheRealControlPlane(t *testin
 }
 
 func TestWorkerRefusesTheProcessRuntimeUnlessAllowed(t *testing.T) {
-	out, err := exec.Command(testenv.Binary(t), "worker", "--state-dir", t.TempDir(), "--admin-listen", "off").CombinedOutput()
+	out, err := exec.Command(testenv.Binary(t), "worker", "--runtime", "process", "--state-dir", t.TempDir(), "--admin-listen", "off").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--insecure-process-runtime") {
 		t.Fatalf("worker without an isolating runtime: err=%v, output:\n%s", err, out)
 	}

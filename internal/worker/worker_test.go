@@ -324,7 +324,7 @@ func TestDroppedStreamsReconnectWithoutRunningACallTwice(t *testing.T) {
 func TestDrainLetsTheInFlightCallPostThenReleasesTheItem(t *testing.T) {
 	h := newHarness(t, 2*time.Second, map[string]string{"s": scenario(`
   - tool: bash
-    input: {command: "sleep 1.5; echo first-finished"}
+    input: {command: "touch started; sleep 1.5; echo first-finished"}
     expect: {is_error: false, contains: first-finished}
   - tool: bash
     input: {command: "echo second"}
@@ -334,8 +334,8 @@ func TestDrainLetsTheInFlightCallPostThenReleasesTheItem(t *testing.T) {
 	state := t.TempDir()
 	w1 := h.startWorker(h.workerOptions(state))
 	id := h.newSession("s")
-	h.waitEvent(id, isType("agent.tool_use"))
-	time.Sleep(300 * time.Millisecond) // let the call start
+	started := filepath.Join(state, "workspaces", id, "started")
+	waitFor(t, "the first call to start", func() bool { _, err := os.Stat(started); return err == nil })
 	if err := w1.stop(t); err != nil {
 		t.Fatalf("drain returned %v, want nil", err)
 	}
