@@ -20,7 +20,7 @@ func defaultSeccomp() (string, error) {
 	kept := p.Syscalls[:0]
 	for _, rule := range p.Syscalls {
 		rule.Names = slices.DeleteFunc(rule.Names, func(n string) bool { return slices.Contains(noTrace, n) })
-		if len(rule.Names) > 0 || rule.Name != "" {
+		if len(rule.Names) > 0 {
 			kept = append(kept, rule)
 		}
 	}
