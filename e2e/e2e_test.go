@@ -194,17 +194,7 @@ func TestAWorkerKilledMidCallDoesNotRunItAgain(t *testing.T) {
 	w1 := startWorker(t, cp.url, state)
 	id := newSession(t, op, "e2e-killed")
 	ran := filepath.Join(state, "workspaces", id, "ran.txt")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		b, _ := os.ReadFile(ran)
-		if strings.Contains(string(b), "start") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the call never started")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFileContains(t, ran, "start")
 	w1.signal(syscall.SIGKILL)
 	w1.wait(10 * time.Second)
 
@@ -242,15 +232,7 @@ func TestSIGTERMDrainsAndAnotherWorkerFinishes(t *testing.T) {
 	state := t.TempDir()
 	w1 := startWorker(t, cp.url, state)
 	id := newSession(t, op, "e2e-slow")
-	started := filepath.Join(state, "workspaces", id, "started")
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(started); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first call never started")
-		}
-	}
+	waitFileContains(t, filepath.Join(state, "workspaces", id, "started"), "")
 	w1.signal(sigterm)
 	if code := w1.wait(30 * time.Second); code != 0 {
 		t.Fatalf("worker exited %d on SIGTERM, want 0", code)
@@ -321,5 +303,21 @@ func TestHelpTeaches(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// waitFileContains waits until the file at path exists and contains want:
+// the sign, from inside the workspace, that a call has started.
+func waitFileContains(t *testing.T, path, want string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never held %q: the call never started", path, want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
