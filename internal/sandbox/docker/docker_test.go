@@ -227,7 +227,11 @@ func TestContainerIsHardened(t *testing.T) {
 					{"NetworkMode", string(hc.NetworkMode), "none"},
 					{"User", cfg.User, "1000:1000"},
 					{"no-new-privileges", slices.Contains(hc.SecurityOpt, "no-new-privileges"), true},
-					{"custom seccomp or unconfined", slices.ContainsFunc(hc.SecurityOpt, func(s string) bool { return strings.HasPrefix(s, "seccomp") }), false},
+					{"seccomp unconfined", slices.Contains(hc.SecurityOpt, "seccomp=unconfined"), false},
+					// Docker's default profile, less the tracing calls.
+					{"seccomp profile without ptrace", slices.ContainsFunc(hc.SecurityOpt, func(s string) bool {
+						return strings.HasPrefix(s, "seccomp={") && strings.Contains(s, `"clone"`) && !strings.Contains(s, `"ptrace"`)
+					}), true},
 					{"Memory", hc.Memory, limits.MemoryBytes},
 					{"MemorySwap", hc.MemorySwap, limits.MemoryBytes},
 					{"NanoCPUs", hc.NanoCPUs, int64(0.5e9)},
