@@ -122,6 +122,15 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opts Options) error
 		}
 	}()
 
+	// Start the persistent shell now, while the supervisor attaches to the
+	// session, so the first bash call does not pay for it (and a sandbox
+	// waiting in a warm pool has it ready). It runs on this goroutine like
+	// any call, so it never overlaps one; a failure is left for the first
+	// real call to report.
+	if bash, ok := s.tools["bash"]; ok {
+		_, _ = bash.Execute(ctx, json.RawMessage(`{"command":"true"}`))
+	}
+
 	for {
 		// Cancellation wins over queued work: after EOF every queued job
 		// is cancelled, and nobody is waiting for its answer.
