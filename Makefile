@@ -30,5 +30,6 @@ check: ## gofmt, go vet and staticcheck
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
-bench: build ## Run the benchmarks and print ratios against the in-run baseline
+bench: build ## Run the benchmarks and print ratios against the in-run baselines (bench/README.md)
 	$(GO) run ./bench/roundtrip -perimeter ./$(BIN)
+	$(GO) run ./bench/sandboxstart -perimeter ./$(BIN)
