@@ -77,20 +77,20 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		})
 	}
 
-	p, err := newPipes()
+	p, err := sandbox.NewPipes()
 	if err != nil {
 		return nil, fmt.Errorf("bwrap: %w", err)
 	}
 	s := &Sandbox{
 		log:     log,
 		exited:  make(chan struct{}),
-		stderr:  &stderrLog{log: log},
-		stderrR: p.stderrR,
+		stderr:  sandbox.NewStderrLog(log),
+		stderrR: p.StderrR,
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.stderr.copy(p.stderrR)
+		s.stderr.Copy(p.StderrR)
 	}()
 	b, err := r.boot(ctx, bootSpec{
 		name:    leafName(spec.SessionID),
@@ -98,16 +98,16 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		limits:  limits,
 		command: sandboxdCommand(spec.Env),
 		into:    r.intoCgroup,
-		stdin:   p.stdinR,
-		stdout:  p.stdoutW,
-		stderr:  p.stderrW,
+		stdin:   p.StdinR,
+		stdout:  p.StdoutW,
+		stderr:  p.StderrW,
 	})
-	p.closeChildEnds()
+	p.CloseChildEnds()
 	if err != nil {
-		_ = p.stdinW.Close()
-		_ = p.stdoutR.Close()
+		_ = p.StdinW.Close()
+		_ = p.StdoutR.Close()
 		s.wg.Wait() // nothing writes stderr: bwrap never started
-		_ = p.stderrR.Close()
+		_ = p.StderrR.Close()
 		return nil, fmt.Errorf("bwrap: start: %w", err)
 	}
 	s.b = b
@@ -123,7 +123,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		}
 		close(s.exited)
 	}()
-	s.conn = sandbox.NewConn(stdio{r: p.stdoutR, w: p.stdinW}, sandbox.ConnOptions{ExitReason: s.exitReason})
+	s.conn = sandbox.NewConn(p.RPC(), sandbox.ConnOptions{ExitReason: s.exitReason})
 
 	hctx, cancel := context.WithTimeout(ctx, r.opts.StartTimeout)
 	defer cancel()
@@ -143,7 +143,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("sandboxd did not answer within %s: %w", r.opts.StartTimeout, err)
 		}
-		tail := s.stderr.tail()
+		tail := s.stderr.Tail()
 		if r.cred != nil && strings.Contains(tail, "Permission denied") {
 			tail += " (" + r.reachHint(ws) + ")"
 		}
@@ -162,7 +162,7 @@ type Sandbox struct {
 	conn    *sandbox.Conn
 	log     *slog.Logger
 	pid     int // sandboxd's host pid
-	stderr  *stderrLog
+	stderr  *sandbox.StderrLog
 	stderrR *os.File
 	wg      sync.WaitGroup // the waiter and the stderr copier
 
@@ -661,48 +661,4 @@ func closeFiles(files ...*os.File) {
 			_ = f.Close()
 		}
 	}
-}
-
-// pipes are sandboxd's stdio. The worker owns its ends outright, so
-// exec.Cmd.Wait neither closes them under a reader nor waits on copiers.
-type pipes struct {
-	stdinR, stdinW   *os.File
-	stdoutR, stdoutW *os.File
-	stderrR, stderrW *os.File
-}
-
-func newPipes() (*pipes, error) {
-	var p pipes
-	var err error
-	if p.stdinR, p.stdinW, err = os.Pipe(); err != nil {
-		return nil, fmt.Errorf("stdin pipe: %w", err)
-	}
-	if p.stdoutR, p.stdoutW, err = os.Pipe(); err != nil {
-		p.closeAll()
-		return nil, fmt.Errorf("stdout pipe: %w", err)
-	}
-	if p.stderrR, p.stderrW, err = os.Pipe(); err != nil {
-		p.closeAll()
-		return nil, fmt.Errorf("stderr pipe: %w", err)
-	}
-	return &p, nil
-}
-
-func (p *pipes) closeChildEnds() { closeFiles(p.stdinR, p.stdoutW, p.stderrW) }
-
-func (p *pipes) closeAll() {
-	closeFiles(p.stdinR, p.stdinW, p.stdoutR, p.stdoutW, p.stderrR, p.stderrW)
-}
-
-// stdio joins sandboxd's stdout (read) and stdin (write) for the Conn;
-// closing it closes both, which sandboxd sees as EOF.
-type stdio struct {
-	r, w *os.File
-}
-
-func (s stdio) Read(b []byte) (int, error)  { return s.r.Read(b) }
-func (s stdio) Write(b []byte) (int, error) { return s.w.Write(b) }
-
-func (s stdio) Close() error {
-	return errors.Join(s.w.Close(), s.r.Close())
 }

@@ -78,7 +78,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		if cerr := s.close(cctx, 0); cerr != nil {
 			log.Warn("cleaning up a sandbox that failed to start", slog.Any("error", cerr))
 		}
-		if tail := s.stderr.tail(); tail != "" {
+		if tail := s.stderr.Tail(); tail != "" {
 			return nil, fmt.Errorf("docker: %w; sandboxd's last output: %s", err, tail)
 		}
 		return nil, fmt.Errorf("docker: %w", err)

@@ -1,7 +1,6 @@
 package docker
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -27,12 +25,6 @@ const (
 	// exitReasonWait bounds how long a broken channel waits for the engine
 	// to report how the container ended.
 	exitReasonWait = 3 * time.Second
-	// stderrLines is how many lines of sandboxd's stderr are logged per
-	// sandbox, each clipped to stderrLineBytes; the rest are counted.
-	stderrLines     = 200
-	stderrLineBytes = 1024
-	// stderrTail is how many recent stderr lines a start failure quotes.
-	stderrTail = 5
 )
 
 // Sandbox is one container running sandboxd.
@@ -43,7 +35,7 @@ type Sandbox struct {
 	limits sandbox.Limits
 	wsfs   *workspaceFS // nil unless the workspace is size-bounded
 	conn   *sandbox.Conn
-	stderr *stderrLog
+	stderr *sandbox.StderrLog
 	oom    *oomCounter    // nil when the memory cgroup cannot be read
 	wg     sync.WaitGroup // the stream demultiplexer and the stderr logger
 
@@ -117,7 +109,7 @@ func (s *Sandbox) attach(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("attach to container: %w", err)
 	}
-	s.stderr = &stderrLog{log: s.log}
+	s.stderr = sandbox.NewStderrLog(s.log)
 	stdoutR, stdoutW := io.Pipe()
 	stderrR, stderrW := io.Pipe()
 	s.wg.Add(2)
@@ -133,7 +125,8 @@ func (s *Sandbox) attach(ctx context.Context) error {
 	}()
 	go func() {
 		defer s.wg.Done()
-		s.stderr.copy(stderrR)
+		defer stderrR.Close()
+		s.stderr.Copy(stderrR)
 	}()
 	s.conn = sandbox.NewConn(attachIO{stdout: stdoutR, conn: hj.Conn}, sandbox.ConnOptions{ExitReason: s.exitReason})
 	return nil
@@ -233,60 +226,4 @@ func statOwner(fi fs.FileInfo) (int, bool) {
 		return 0, false
 	}
 	return int(st.Uid), true
-}
-
-// stderrLog logs sandboxd's standard error, bounded: sandboxd is on the
-// hostile side and must not be able to flood the worker's log.
-type stderrLog struct {
-	log *slog.Logger
-
-	mu      sync.Mutex // guards the fields below
-	logged  int
-	dropped int
-	last    []string // the last stderrTail lines
-}
-
-func (l *stderrLog) copy(r *io.PipeReader) {
-	defer r.Close()
-	br := bufio.NewReaderSize(r, 4096)
-	for {
-		line, err := sandbox.ReadLine(br, stderrLineBytes)
-		if errors.Is(err, sandbox.ErrLineTooLong) {
-			line, err = []byte("(line too long, dropped)"), nil
-		}
-		if err != nil {
-			break
-		}
-		l.add(strings.ToValidUTF8(string(line), "\uFFFD"))
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.dropped > 0 {
-		l.log.Warn("sandboxd stderr lines not logged", slog.Int("count", l.dropped))
-	}
-}
-
-func (l *stderrLog) add(line string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.last = append(l.last, line)
-	if len(l.last) > stderrTail {
-		l.last = l.last[1:]
-	}
-	if l.logged >= stderrLines {
-		l.dropped++
-		return
-	}
-	l.logged++
-	l.log.Warn("sandboxd stderr", slog.String("line", line))
-}
-
-// tail is the last lines sandboxd wrote to stderr; nil-safe.
-func (l *stderrLog) tail() string {
-	if l == nil {
-		return ""
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.last, " | ")
 }

@@ -10,17 +10,14 @@
 package process
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -74,12 +71,6 @@ const (
 	// exitReasonWait bounds how long a broken channel waits to learn the
 	// exit status of a sandboxd that closed its stdout.
 	exitReasonWait = 2 * time.Second
-	// stderrLines is how many lines of sandboxd's stderr are logged per
-	// sandbox, each clipped to stderrLineBytes; the rest are counted.
-	stderrLines     = 200
-	stderrLineBytes = 1024
-	// stderrTail is how many recent stderr lines a start failure quotes.
-	stderrTail = 5
 )
 
 // Create starts `<Binary> sandboxd --workdir <spec.Workspace>` with exactly
@@ -102,20 +93,20 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		}
 	}
 
-	p, err := newPipes()
+	p, err := sandbox.NewPipes()
 	if err != nil {
 		return nil, fmt.Errorf("process: %w", err)
 	}
 	cmd := exec.Command(bin, "sandboxd", "--workdir", ws)
 	cmd.Env = envList(spec.Env)
 	cmd.Dir = ws
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.stdinR, p.stdoutW, p.stderrW
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.StdinR, p.StdoutW, p.StderrW
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		p.closeAll()
+		p.CloseAll()
 		return nil, fmt.Errorf("process: start sandboxd: %w", err)
 	}
-	p.closeChildEnds()
+	p.CloseChildEnds()
 
 	log := r.opts.Logger.With(
 		slog.String("runtime", r.Name()),
@@ -127,7 +118,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		cmd:    cmd,
 		log:    log,
 		exited: make(chan struct{}),
-		stderr: &stderrLog{log: log},
+		stderr: sandbox.NewStderrLog(log),
 	}
 	s.wg.Add(2)
 	go func() {
@@ -141,10 +132,10 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 	}()
 	go func() {
 		defer s.wg.Done()
-		s.stderr.copy(p.stderrR)
+		s.stderr.Copy(p.StderrR)
 	}()
-	s.stderrR = p.stderrR
-	s.conn = sandbox.NewConn(stdio{r: p.stdoutR, w: p.stdinW}, sandbox.ConnOptions{
+	s.stderrR = p.StderrR
+	s.conn = sandbox.NewConn(p.RPC(), sandbox.ConnOptions{
 		ExitReason: s.exitReason,
 	})
 
@@ -159,7 +150,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("sandboxd did not answer within %s: %w", r.opts.StartTimeout, err)
 		}
-		if tail := s.stderr.tail(); tail != "" {
+		if tail := s.stderr.Tail(); tail != "" {
 			return nil, fmt.Errorf("process: start sandboxd: %w; its last output: %s", err, tail)
 		}
 		return nil, fmt.Errorf("process: start sandboxd: %w", err)
@@ -173,7 +164,7 @@ type Sandbox struct {
 	cmd     *exec.Cmd
 	conn    *sandbox.Conn
 	log     *slog.Logger
-	stderr  *stderrLog
+	stderr  *sandbox.StderrLog
 	stderrR *os.File
 	wg      sync.WaitGroup // the waiter and the stderr copier
 
@@ -256,107 +247,4 @@ func envList(env map[string]string) []string {
 	}
 	slices.Sort(list)
 	return list
-}
-
-// pipes are sandboxd's stdio. The worker owns its ends outright, so
-// exec.Cmd.Wait neither closes them under a reader nor waits on copiers.
-type pipes struct {
-	stdinR, stdinW   *os.File
-	stdoutR, stdoutW *os.File
-	stderrR, stderrW *os.File
-}
-
-func newPipes() (*pipes, error) {
-	var p pipes
-	var err error
-	if p.stdinR, p.stdinW, err = os.Pipe(); err != nil {
-		return nil, fmt.Errorf("stdin pipe: %w", err)
-	}
-	if p.stdoutR, p.stdoutW, err = os.Pipe(); err != nil {
-		p.closeAll()
-		return nil, fmt.Errorf("stdout pipe: %w", err)
-	}
-	if p.stderrR, p.stderrW, err = os.Pipe(); err != nil {
-		p.closeAll()
-		return nil, fmt.Errorf("stderr pipe: %w", err)
-	}
-	return &p, nil
-}
-
-func (p *pipes) closeChildEnds() {
-	for _, f := range []*os.File{p.stdinR, p.stdoutW, p.stderrW} {
-		_ = f.Close()
-	}
-}
-
-func (p *pipes) closeAll() {
-	for _, f := range []*os.File{p.stdinR, p.stdinW, p.stdoutR, p.stdoutW, p.stderrR, p.stderrW} {
-		if f != nil {
-			_ = f.Close()
-		}
-	}
-}
-
-// stdio joins sandboxd's stdout (read) and stdin (write) for the Conn;
-// closing it closes both, which sandboxd sees as EOF.
-type stdio struct {
-	r, w *os.File
-}
-
-func (s stdio) Read(b []byte) (int, error)  { return s.r.Read(b) }
-func (s stdio) Write(b []byte) (int, error) { return s.w.Write(b) }
-
-func (s stdio) Close() error {
-	return errors.Join(s.w.Close(), s.r.Close())
-}
-
-// stderrLog logs sandboxd's standard error, bounded: sandboxd is on the
-// hostile side and must not be able to flood the worker's log.
-type stderrLog struct {
-	log *slog.Logger
-
-	mu      sync.Mutex // guards the fields below
-	logged  int
-	dropped int
-	last    []string // the last stderrTail lines
-}
-
-func (l *stderrLog) copy(r io.Reader) {
-	br := bufio.NewReaderSize(r, 4096)
-	for {
-		line, err := sandbox.ReadLine(br, stderrLineBytes)
-		if errors.Is(err, sandbox.ErrLineTooLong) {
-			line, err = []byte("(line too long, dropped)"), nil
-		}
-		if err != nil {
-			break
-		}
-		l.add(strings.ToValidUTF8(string(line), "\uFFFD"))
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.dropped > 0 {
-		l.log.Warn("sandboxd stderr lines not logged", slog.Int("count", l.dropped))
-	}
-}
-
-func (l *stderrLog) add(line string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.last = append(l.last, line)
-	if len(l.last) > stderrTail {
-		l.last = l.last[1:]
-	}
-	if l.logged >= stderrLines {
-		l.dropped++
-		return
-	}
-	l.logged++
-	l.log.Warn("sandboxd stderr", slog.String("line", line))
-}
-
-func (l *stderrLog) tail() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.last, " | ")
 }

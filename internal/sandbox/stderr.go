@@ -1,4 +1,4 @@
-package bwrap
+package sandbox
 
 import (
 	"bufio"
@@ -7,23 +7,20 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-
-	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
 const (
-	// stderrLines is how many lines of a sandbox's stderr (bwrap's and
-	// sandboxd's) are logged, each clipped to stderrLineBytes; the rest are
-	// counted.
+	// stderrLines is how many lines of a sandbox's stderr are logged, each
+	// clipped to stderrLineBytes; the rest are counted.
 	stderrLines     = 200
 	stderrLineBytes = 1024
 	// stderrTail is how many recent stderr lines a start failure quotes.
 	stderrTail = 5
 )
 
-// stderrLog logs a sandbox's standard error, bounded: it is written on the
+// StderrLog logs a sandbox's standard error, bounded: it is written on the
 // hostile side and must not be able to flood the worker's log.
-type stderrLog struct {
+type StderrLog struct {
 	log *slog.Logger
 
 	mu      sync.Mutex // guards the fields below
@@ -32,11 +29,15 @@ type stderrLog struct {
 	last    []string // the last stderrTail lines
 }
 
-func (l *stderrLog) copy(r io.Reader) {
+// NewStderrLog logs to log.
+func NewStderrLog(log *slog.Logger) *StderrLog { return &StderrLog{log: log} }
+
+// Copy logs r line by line until it ends.
+func (l *StderrLog) Copy(r io.Reader) {
 	br := bufio.NewReaderSize(r, 4096)
 	for {
-		line, err := sandbox.ReadLine(br, stderrLineBytes)
-		if errors.Is(err, sandbox.ErrLineTooLong) {
+		line, err := ReadLine(br, stderrLineBytes)
+		if errors.Is(err, ErrLineTooLong) {
 			line, err = []byte("(line too long, dropped)"), nil
 		}
 		if err != nil {
@@ -51,7 +52,7 @@ func (l *stderrLog) copy(r io.Reader) {
 	}
 }
 
-func (l *stderrLog) add(line string) {
+func (l *StderrLog) add(line string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.last = append(l.last, line)
@@ -66,7 +67,11 @@ func (l *stderrLog) add(line string) {
 	l.log.Warn("sandbox stderr", slog.String("line", line))
 }
 
-func (l *stderrLog) tail() string {
+// Tail is the last lines the sandbox wrote to stderr; nil-safe.
+func (l *StderrLog) Tail() string {
+	if l == nil {
+		return ""
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.last, " | ")
