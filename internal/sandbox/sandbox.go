@@ -59,8 +59,10 @@ type Limits struct {
 var DefaultLimits = Limits{MemoryBytes: 1 << 30, CPUs: 1, PIDs: 256, TmpBytes: 64 << 20}
 
 // OrDefault fills l's zero fields from [DefaultLimits].
-func (l Limits) OrDefault() Limits {
-	d := DefaultLimits
+func (l Limits) OrDefault() Limits { return l.Or(DefaultLimits) }
+
+// Or fills l's zero fields, but WorkspaceBytes (0 = unbounded), from d.
+func (l Limits) Or(d Limits) Limits {
 	if l.MemoryBytes > 0 {
 		d.MemoryBytes = l.MemoryBytes
 	}

@@ -219,23 +219,7 @@ type escapeSuite struct {
 	count       struct{ tried, blocked, accepted, notDemonstrable, notAttempted, incomplete int }
 }
 
-func withEscapeLimits(l sandbox.Limits) sandbox.Limits {
-	d := EscapeLimits
-	if l.MemoryBytes > 0 {
-		d.MemoryBytes = l.MemoryBytes
-	}
-	if l.CPUs > 0 {
-		d.CPUs = l.CPUs
-	}
-	if l.PIDs > 0 {
-		d.PIDs = l.PIDs
-	}
-	if l.TmpBytes > 0 {
-		d.TmpBytes = l.TmpBytes
-	}
-	d.WorkspaceBytes = l.WorkspaceBytes
-	return d
-}
+func withEscapeLimits(l sandbox.Limits) sandbox.Limits { return l.Or(EscapeLimits) }
 
 func (s *escapeSuite) runAttack(t *testing.T, at attack) {
 	a := &attempt{}
