@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
 func TestRecipeIgnoresPackageOrderAndDuplicates(t *testing.T) {
@@ -150,7 +152,7 @@ func TestUnescapeMount(t *testing.T) {
 		`/end\04`:  `/end\04`,
 	}
 	for in, want := range tests {
-		if got := unescapeMount(in); got != want {
+		if got := sandbox.UnescapeMountinfo(in); got != want {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
 		}
 	}

@@ -108,7 +108,7 @@ func parseHostCgroups(mountinfo, procCgroup io.Reader) (hostCgroups, error) {
 		if len(pf) < 5 || len(qf) < 3 {
 			continue
 		}
-		h := hierarchy{root: unescapeMountinfo(pf[3]), mount: unescapeMountinfo(pf[4])}
+		h := hierarchy{root: sandbox.UnescapeMountinfo(pf[3]), mount: sandbox.UnescapeMountinfo(pf[4])}
 		switch qf[0] {
 		case "cgroup2":
 			if host.v2 == nil {
@@ -154,24 +154,6 @@ func parseHostCgroups(mountinfo, procCgroup io.Reader) (hostCgroups, error) {
 	return host, nil
 }
 
-// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // v1For returns the v1 hierarchy controller is bound to.
 func (h hostCgroups) v1For(controller string) (hierarchy, bool) {

@@ -66,7 +66,7 @@ func TestContainerNameIsValidAndReadable(t *testing.T) {
 
 func TestUnescapeMount(t *testing.T) {
 	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/bad\09`: `/bad\09`, `/end\04`: `/end\04`} {
-		if got := unescapeMount(in); got != want {
+		if got := sandbox.UnescapeMountinfo(in); got != want {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/perimeterhq/perimeter/internal/image"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
 // A size-bounded workspace (Limits.WorkspaceBytes) is an ext4 file system
@@ -228,26 +230,11 @@ func isMountPoint(dir string) (bool, error) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 5 && unescapeMount(fields[4]) == dir {
+		if len(fields) >= 5 && sandbox.UnescapeMountinfo(fields[4]) == dir {
 			return true, nil
 		}
 	}
 	return false, sc.Err()
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space …).
-func unescapeMount(s string) string {
-	octal := func(c byte) bool { return c >= '0' && c <= '7' }
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && octal(s[i+1]) && octal(s[i+2]) && octal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func emptyDir(dir string) error {
