@@ -154,7 +154,6 @@ func parseHostCgroups(mountinfo, procCgroup io.Reader) (hostCgroups, error) {
 	return host, nil
 }
 
-
 // v1For returns the v1 hierarchy controller is bound to.
 func (h hostCgroups) v1For(controller string) (hierarchy, bool) {
 	for _, x := range h.v1 {
