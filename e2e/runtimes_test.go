@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,10 +53,32 @@ func TestShippedScenariosPassOnEveryIsolatingRuntime(t *testing.T) {
 			if code := w.wait(60 * time.Second); code != 0 {
 				t.Errorf("worker exited %d", code)
 			}
+			checkSlimSandboxd(t, state, w.out.String())
 			if out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=dev.perimeter.worker="+workerID).Output(); tc.runtime != "bwrap" && strings.TrimSpace(string(out)) != "" {
 				t.Errorf("containers left behind: %s", out)
 			}
 		})
+	}
+}
+
+// checkSlimSandboxd checks that the worker installed the slim sandboxd the
+// binary embeds (as `make build` and testenv.Binary build it) in its state
+// directory and started its sandboxes with it.
+func checkSlimSandboxd(t *testing.T, state, log string) {
+	t.Helper()
+	want, err := os.ReadFile(filepath.Join(filepath.Dir(testenv.Binary(t)), "perimeter-sandboxd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	installed, _ := filepath.Glob(filepath.Join(state, "bin", "perimeter-sandboxd-*"))
+	if len(installed) != 1 {
+		t.Fatalf("installed sandboxd binaries: %v, want one", installed)
+	}
+	if got, err := os.ReadFile(installed[0]); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("%s is not the slim build (%v)", installed[0], err)
+	}
+	if !strings.Contains(log, "sandboxes run the slim sandboxd") || !strings.Contains(log, installed[0]) {
+		t.Errorf("worker log does not name the slim sandboxd %s", installed[0])
 	}
 }
 

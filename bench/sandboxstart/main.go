@@ -15,7 +15,7 @@
 //
 // Usage:
 //
-//	go run ./bench/sandboxstart -perimeter ./bin/perimeter [-sessions 30] [-out results.md]
+//	go run ./bench/sandboxstart -sandboxd ./bin/perimeter-sandboxd [-perimeter ./bin/perimeter] [-sessions 30] [-backends process,bwrap] [-out results.md]
 package main
 
 import (
@@ -71,17 +71,20 @@ const (
 )
 
 func main() {
-	bin := flag.String("perimeter", "", "the static perimeter binary run as sandboxd (`make build` makes ./bin/perimeter); required")
+	bin := flag.String("sandboxd", "", "the static executable run as `<it> sandboxd` in every sandbox: the slim ./bin/perimeter-sandboxd `make build` makes and embeds, or ./bin/perimeter itself; required")
+	full := flag.String("perimeter", "", "if set, also measure bwrap with this perimeter binary as sandboxd, for comparison")
 	sessions := flag.Int("sessions", 30, "sessions per backend (and docker runs per baseline)")
 	out := flag.String("out", "", "also write the markdown results to this file")
+	only := flag.String("backends", "process,bwrap,bwrap-pool,docker,docker-pool,docker-runsc", "comma-separated backends to measure (the docker ones with their baselines)")
 	flag.Parse()
 	if *bin == "" || *sessions < 1 {
-		fmt.Fprintln(os.Stderr, "sandboxstart: -perimeter is required and -sessions must be at least 1")
+		fmt.Fprintln(os.Stderr, "sandboxstart: -sandboxd is required and -sessions must be at least 1")
 		os.Exit(2)
 	}
-	abs, err := filepath.Abs(*bin)
-	if err == nil {
-		_, err = os.Stat(abs)
+	abs, err := absFile(*bin)
+	var fullAbs string
+	if err == nil && *full != "" {
+		fullAbs, err = absFile(*full)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sandboxstart:", err)
@@ -89,7 +92,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	md, err := run(ctx, abs, *sessions)
+	md, err := run(ctx, abs, fullAbs, *sessions, strings.Split(*only, ","))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sandboxstart:", err)
 		os.Exit(1)
@@ -103,6 +106,14 @@ func main() {
 	}
 }
 
+func absFile(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err == nil {
+		_, err = os.Stat(abs)
+	}
+	return abs, err
+}
+
 // result is one backend's (or baseline's) row.
 type result struct {
 	name    string
@@ -111,7 +122,7 @@ type result struct {
 	note    string
 }
 
-func run(ctx context.Context, bin string, n int) (string, error) {
+func run(ctx context.Context, bin, full string, n int, backends []string) (string, error) {
 	scenarios, err := os.MkdirTemp("", "sandboxstart-scenarios-")
 	if err != nil {
 		return "", err
@@ -141,17 +152,37 @@ func run(ctx context.Context, bin string, n int) (string, error) {
 			return docker.New(docker.Options{Image: image, ResolveTags: true, OCIRuntime: oci, Binary: bin, WorkerID: workerID, Logger: log})
 		}
 	}
-	add(bench(ctx, p, "process", n, func() (sandbox.Runtime, error) {
-		return process.New(process.Options{Binary: bin, Logger: log}), nil
-	}, false))
-	add(bench(ctx, p, "bwrap", n, func() (sandbox.Runtime, error) {
-		return bwrap.New(bwrap.Options{Binary: bin, Logger: log})
-	}, false))
-	add(baseline(ctx, "baseline: docker run (runc)", n, "docker", "run", "--rm", "--network", "none", image, "true"))
-	add(bench(ctx, p, "docker", n, dockerRT("runc"), false))
-	add(bench(ctx, p, "docker + warm pool", n, dockerRT("runc"), true))
-	add(baseline(ctx, "baseline: docker run --runtime runsc", n, "docker", "run", "--rm", "--runtime", "runsc", "--network", "none", image, "true"))
-	add(bench(ctx, p, "docker-runsc", n, dockerRT("runsc"), false))
+	want := func(b string) bool { return slices.Contains(backends, b) }
+	bwrapRT := func() (sandbox.Runtime, error) { return bwrap.New(bwrap.Options{Binary: bin, Logger: log}) }
+	if want("process") {
+		add(bench(ctx, p, "process", n, func() (sandbox.Runtime, error) {
+			return process.New(process.Options{Binary: bin, Logger: log}), nil
+		}, false))
+	}
+	if want("bwrap") {
+		add(bench(ctx, p, "bwrap", n, bwrapRT, false))
+		if full != "" {
+			add(bench(ctx, p, "bwrap, perimeter as sandboxd", n, func() (sandbox.Runtime, error) {
+				return bwrap.New(bwrap.Options{Binary: full, Logger: log})
+			}, false))
+		}
+	}
+	if want("bwrap-pool") {
+		add(bench(ctx, p, "bwrap + warm pool", n, bwrapRT, true))
+	}
+	if want("docker") || want("docker-pool") {
+		add(baseline(ctx, "baseline: docker run (runc)", n, "docker", "run", "--rm", "--network", "none", image, "true"))
+	}
+	if want("docker") {
+		add(bench(ctx, p, "docker", n, dockerRT("runc"), false))
+	}
+	if want("docker-pool") {
+		add(bench(ctx, p, "docker + warm pool", n, dockerRT("runc"), true))
+	}
+	if want("docker-runsc") {
+		add(baseline(ctx, "baseline: docker run --runtime runsc", n, "docker", "run", "--rm", "--runtime", "runsc", "--network", "none", image, "true"))
+		add(bench(ctx, p, "docker-runsc", n, dockerRT("runsc"), false))
+	}
 	return report(rows, n), ctx.Err()
 }
 
@@ -361,6 +392,8 @@ func report(rows []result, n int) string {
 			target = fmt.Sprintf("p50 ≤ %s: %s", fmtDur(targetPoolP50), met(p50 <= targetPoolP50))
 		case "docker-runsc":
 			ratioTo(runscBase)
+		case "bwrap + warm pool":
+			target = fmt.Sprintf("p50 ≤ %s: %s", fmtDur(targetPoolP50), met(p50 <= targetPoolP50))
 		case "bwrap":
 			target = fmt.Sprintf("p50 ≤ %s: %s", fmtDur(targetBwrapP50), met(p50 <= targetBwrapP50))
 		}

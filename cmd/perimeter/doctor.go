@@ -39,7 +39,7 @@ func runDoctor(ctx context.Context, cfg *config.Config, out io.Writer) error {
 	pick := ""
 	for _, name := range strongestFirst {
 		fmt.Fprintf(tw, "%s\n", name)
-		rt, err := newRuntime(ctx, name, cfg, log)
+		rt, err := newRuntime(ctx, name, "", cfg, log)
 		if err != nil {
 			fmt.Fprintf(tw, "  \u2717\tavailable\t%v\n", err)
 			continue

@@ -18,6 +18,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/sandbox/docker"
 	"github.com/perimeterhq/perimeter/internal/sandbox/pool"
 	"github.com/perimeterhq/perimeter/internal/sandbox/process"
+	"github.com/perimeterhq/perimeter/internal/sandboxbin"
 	"github.com/perimeterhq/perimeter/internal/worker"
 )
 
@@ -50,11 +51,23 @@ func (s *runtimeSetup) Close() {
 func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*runtimeSetup, error) {
 	sc := cfg.Sandbox
 	s := &runtimeSetup{}
+	if err := worker.PrepareStateDir(cfg.Worker.StateDir); err != nil {
+		return nil, err
+	}
+	bin, err := sandboxbin.Path(filepath.Join(cfg.Worker.StateDir, "bin"))
+	if err != nil {
+		return nil, err
+	}
+	if bin != "" {
+		log.Info("sandboxes run the slim sandboxd", slog.String("binary", bin))
+	} else {
+		log.Info("sandboxes run this binary as sandboxd: it was built without the slim one (make build embeds it)")
+	}
 	name := sc.Runtime
 	if name == "" {
 		var why []string
 		for _, cand := range strongestFirst {
-			rt, err := newRuntime(ctx, cand, cfg, log)
+			rt, err := newRuntime(ctx, cand, bin, cfg, log)
 			if err == nil {
 				err = probe(ctx, rt, cfg)
 			}
@@ -64,7 +77,7 @@ func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*r
 				log.Info("picked the strongest sandbox runtime this host offers", slog.String("runtime", cand), slog.Any("unavailable", why))
 				break
 			}
-			if c, ok := rt.(io.Closer); ok && rt != nil {
+			if c, ok := rt.(io.Closer); ok {
 				c.Close()
 			}
 			why = append(why, fmt.Sprintf("%s: %v", cand, err))
@@ -78,7 +91,7 @@ func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*r
 		}
 	}
 	if s.rt == nil {
-		rt, err := newRuntime(ctx, name, cfg, log)
+		rt, err := newRuntime(ctx, name, bin, cfg, log)
 		if err != nil {
 			return nil, err
 		}
@@ -125,17 +138,22 @@ func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*r
 	return s, nil
 }
 
-// newRuntime builds the named runtime without starting anything.
-func newRuntime(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (sandbox.Runtime, error) {
+// newRuntime builds the named runtime without starting anything. bin is
+// the executable its sandboxes run as sandboxd; empty means this one.
+func newRuntime(ctx context.Context, name, bin string, cfg *config.Config, log *slog.Logger) (sandbox.Runtime, error) {
 	sc := cfg.Sandbox
 	switch name {
 	case "process":
 		if !sc.InsecureProcessRuntime {
 			return nil, errors.New("the process runtime does not isolate tool calls; pass --insecure-process-runtime to accept that (development only)")
 		}
-		return process.New(process.Options{Logger: log}), nil
+		return process.New(process.Options{Binary: bin, Logger: log}), nil
 	case "bwrap":
-		return bwrap.New(bwrap.Options{Logger: log})
+		rt, err := bwrap.New(bwrap.Options{Binary: bin, Logger: log})
+		if err != nil {
+			return nil, err // not a typed nil in a non-nil interface
+		}
+		return rt, nil
 	case "docker", "docker-runsc":
 		img, resolve := sc.Image, sc.ResolveTags
 		if img == "" {
@@ -145,10 +163,14 @@ func newRuntime(ctx context.Context, name string, cfg *config.Config, log *slog.
 		if name == "docker-runsc" {
 			oci = "runsc"
 		}
-		return docker.New(docker.Options{
+		rt, err := docker.New(docker.Options{
 			Image: img, ResolveTags: resolve, OCIRuntime: oci,
-			SeccompProfile: sc.SeccompProfile, WorkerID: cfg.Worker.ID, Logger: log,
+			SeccompProfile: sc.SeccompProfile, WorkerID: cfg.Worker.ID, Binary: bin, Logger: log,
 		})
+		if err != nil {
+			return nil, err // not a typed nil in a non-nil interface
+		}
+		return rt, nil
 	default:
 		return nil, fmt.Errorf("unknown sandbox runtime %q: use docker-runsc, docker, bwrap or process", name)
 	}

@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +37,8 @@ var (
 	buildOut  []byte
 )
 
-// Binary builds ./cmd/perimeter once per test process and returns its path.
+// Binary builds ./cmd/perimeter once per test process, with the slim
+// sandboxd embedded as `make build` does, and returns its path.
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -52,11 +54,28 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "perimeter")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/perimeter")
-		// Static, so isolating backends can mount it into any image.
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		cmd.Dir = root
-		buildOut, buildErr = cmd.CombinedOutput()
+		// As `make build` does: the slim sandboxd first, embedded through
+		// an overlay (see internal/sandboxbin). Static, so isolating
+		// backends can mount it into any image.
+		slim := filepath.Join(dir, "perimeter-sandboxd")
+		overlay := filepath.Join(dir, "overlay.json")
+		ov, _ := json.Marshal(map[string]map[string]string{"Replace": {
+			filepath.Join(root, "internal", "sandboxbin", "slim", "perimeter-sandboxd"): slim,
+		}})
+		if buildErr = os.WriteFile(overlay, ov, 0o644); buildErr != nil {
+			return
+		}
+		for _, args := range [][]string{
+			{"build", "-o", slim, "./cmd/perimeter-sandboxd"},
+			{"build", "-overlay", overlay, "-o", binPath, "./cmd/perimeter"},
+		} {
+			cmd := exec.Command("go", args...)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			cmd.Dir = root
+			if buildOut, buildErr = cmd.CombinedOutput(); buildErr != nil {
+				return
+			}
+		}
 	})
 	if buildErr != nil {
 		t.Fatalf("build perimeter: %v\n%s", buildErr, buildOut)

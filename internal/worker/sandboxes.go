@@ -24,6 +24,7 @@ type sessionSandbox struct {
 	sb       sandbox.Sandbox
 	dead     error // why the last sandbox died, when it may not be replaced
 	restarts int
+	closed   bool // the session is over: no sandbox may start
 }
 
 // Exec runs call in the current sandbox, starting one if needed.
@@ -50,6 +51,9 @@ func (x *sessionSandbox) current(ctx context.Context) (sandbox.Sandbox, error) {
 	defer x.mu.Unlock()
 	if x.sb != nil {
 		return x.sb, nil
+	}
+	if x.closed {
+		return nil, fmt.Errorf("%w: the session is over", sandbox.ErrClosed)
 	}
 	if x.dead != nil {
 		return nil, fmt.Errorf("%w: the session's sandbox died (%v) and the worker is configured not to replace it", sandbox.ErrClosed, x.dead)
@@ -88,11 +92,13 @@ func (x *sessionSandbox) retire(sb sandbox.Sandbox, why error) {
 	closeSandbox(sb, x.s.log)
 }
 
-// close closes the live sandbox, if any.
+// close closes the live sandbox, if any, waiting for one being started,
+// and keeps any other from starting.
 func (x *sessionSandbox) close() {
 	x.mu.Lock()
 	sb := x.sb
 	x.sb = nil
+	x.closed = true
 	x.mu.Unlock()
 	if sb != nil {
 		closeSandbox(sb, x.s.log)

@@ -185,6 +185,22 @@ func (s *session) runSession(ctx context.Context) error {
 		s.log.Debug("skipping non-session work item", slog.String("type", string(s.work.Data.Type)))
 		return errSkipped
 	}
+	workspace, err := s.w.workspace(s.sessionID)
+	if err != nil {
+		return err
+	}
+	sb := &sessionSandbox{s: s, spec: sandbox.Spec{
+		SessionID: s.sessionID, WorkID: s.workID, Workspace: workspace,
+		Env: s.w.sandboxEnv(), Limits: s.w.opts.Limits,
+	}}
+	defer sb.close()
+	// Start the sandbox now, while the session is fetched and its event
+	// stream attached, so its start is off the first call's path (which
+	// waits for it) and a slow or failing start shows at claim time. A
+	// failure here is retried by the first call, which reports it to the
+	// model if it persists.
+	go func() { _, _ = sb.current(ctx) }()
+
 	sess, err := s.w.opts.Client.Beta.Sessions.Get(ctx, s.sessionID, anthropic.BetaSessionGetParams{}, s.itemOpts...)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -196,20 +212,6 @@ func (s *session) runSession(ctx context.Context) error {
 		s.log.Info("session already terminated; stopping its work item")
 		return errSkipped
 	}
-
-	workspace, err := s.w.workspace(s.sessionID)
-	if err != nil {
-		return err
-	}
-	sb := &sessionSandbox{s: s, spec: sandbox.Spec{
-		SessionID: s.sessionID, WorkID: s.workID, Workspace: workspace,
-		Env: s.w.sandboxEnv(), Limits: s.w.opts.Limits,
-	}}
-	defer sb.close()
-	// Start it now so a slow or failing start shows at claim time; a
-	// failure here is retried by the first call, which reports it to the
-	// model if it persists.
-	_, _ = sb.current(ctx)
 
 	tools, err := s.w.tools(sb)
 	if err != nil {

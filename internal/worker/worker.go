@@ -137,9 +137,8 @@ func New(opts Options) (*Worker, error) {
 	if _, err := toolset.Custom(nil, opts.CustomTools); err != nil {
 		return nil, fmt.Errorf("custom tools: %w", err)
 	}
-	// Searchable, not listable: see workspace.
-	if err := mkdirMode(opts.StateDir, 0o711); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+	if err := PrepareStateDir(opts.StateDir); err != nil {
+		return nil, err
 	}
 	j, err := openJournal(opts.StateDir)
 	if err != nil {
@@ -324,4 +323,15 @@ func (w *Worker) image() string {
 		return i.Image()
 	}
 	return ""
+}
+
+// PrepareStateDir creates dir as a worker's state directory, or sets the
+// mode of an existing one: searchable but not listable by other users, so
+// that sandboxes running as another host uid reach their own workspace and
+// the sandboxd binary in it, and nothing else (see workspace).
+func PrepareStateDir(dir string) error {
+	if err := mkdirMode(dir, 0o711); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	return nil
 }

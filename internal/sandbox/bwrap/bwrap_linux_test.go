@@ -49,26 +49,36 @@ func run(m *testing.M) int {
 }
 
 var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
+	binMu  sync.Mutex
+	copied = map[string]string{}
 )
 
 // binary is the perimeter binary, where the sandbox's host uid can read it.
-func binary(t *testing.T) string {
+func binary(t testing.TB) string { return shared(t, "perimeter") }
+
+// slimBinary is the slim sandboxd testenv builds alongside it.
+func slimBinary(t testing.TB) string { return shared(t, "perimeter-sandboxd") }
+
+// shared copies a file testenv built next to the perimeter binary to
+// sharedDir, once.
+func shared(t testing.TB, name string) string {
 	t.Helper()
-	built := testenv.Binary(t)
-	binOnce.Do(func() {
-		binPath = filepath.Join(sharedDir, "perimeter")
-		var data []byte
-		if data, binErr = os.ReadFile(built); binErr == nil {
-			binErr = os.WriteFile(binPath, data, 0o755)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+	built := filepath.Join(filepath.Dir(testenv.Binary(t)), name)
+	binMu.Lock()
+	defer binMu.Unlock()
+	if path, ok := copied[name]; ok {
+		return path
 	}
-	return binPath
+	data, err := os.ReadFile(built)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(sharedDir, name)
+	if err := os.WriteFile(path, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copied[name] = path
+	return path
 }
 
 // script writes an executable shell script where sandboxes can run it.
@@ -91,7 +101,7 @@ func script(t *testing.T, body string) string {
 
 // newRuntime is a bwrap runtime running the built binary; its log is
 // printed only if the test fails.
-func newRuntime(t *testing.T, opts bwrap.Options) *bwrap.Runtime {
+func newRuntime(t testing.TB, opts bwrap.Options) *bwrap.Runtime {
 	t.Helper()
 	_, lookErr := exec.LookPath("bwrap")
 	testenv.Need(t, lookErr == nil || opts.Bwrap != "", "bubblewrap (bwrap in PATH)")
