@@ -22,14 +22,21 @@ import (
 // Call is one tool call as the hook point sees it. Input is the exact input
 // the model sent; hooks must not log or export it.
 type Call struct {
-	ToolUseID string
-	SessionID string
-	WorkID    string
-	Tool      string
-	Custom    bool
-	Input     json.RawMessage
-	// InputSHA256 is the hex SHA-256 of Input, the value approvals and audit
-	// records bind to.
+	ToolUseID     string
+	SessionID     string
+	WorkID        string
+	WorkerID      string
+	EnvironmentID string
+	// Agent and Metadata are the session's agent id and metadata.
+	Agent    string
+	Metadata map[string]string
+	Tool     string
+	Custom   bool
+	// Input is what runs. A hook may replace it (an approver's edit); the
+	// replacement must be a JSON object the tool accepts.
+	Input json.RawMessage
+	// InputSHA256 is the hex SHA-256 of the input the model sent, the value
+	// approvals and audit records bind to. It does not change with Input.
 	InputSHA256 string
 }
 
@@ -44,8 +51,15 @@ type Outcome struct {
 
 // Hook is the one point every tool call passes before and after it runs.
 // BeforeCall returning an error denies the call: it does not run, and the
-// error's text is the result the model sees. Hooks run in order; the first
-// denial wins. AfterCall sees every outcome, including denials and replays.
+// error's text is the result the model sees (and is journalled as its
+// result). Hooks run in order; the first denial wins. AfterCall sees every
+// outcome, including denials and replays.
+//
+// BeforeCall runs before the call is journalled as started, and may block
+// (a call waiting for a human): its ctx ends when the session stops being
+// served here — drained, lease lost, worker stopping. An error returned
+// then is not a denial: the call is left unanswered for whoever serves the
+// session next, which asks the hooks again.
 type Hook interface {
 	BeforeCall(ctx context.Context, c *Call) error
 	AfterCall(ctx context.Context, c *Call, o *Outcome)
@@ -87,8 +101,10 @@ func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool,
 	}
 	sum := sha256.Sum256(input)
 	c := &Call{
-		ToolUseID: id, SessionID: s.sessionID, WorkID: s.workID, Tool: tool.Name(), Custom: custom,
-		Input: input, InputSHA256: hex.EncodeToString(sum[:]),
+		ToolUseID: id, SessionID: s.sessionID, WorkID: s.workID,
+		WorkerID: s.w.opts.WorkerID, EnvironmentID: s.w.opts.EnvironmentID,
+		Agent: s.agent, Metadata: s.metadata,
+		Tool: tool.Name(), Custom: custom, Input: input, InputSHA256: hex.EncodeToString(sum[:]),
 	}
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(
@@ -98,7 +114,10 @@ func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool,
 		attribute.String("perimeter.sandbox.runtime", s.w.opts.Runtime.Name()),
 	)
 	start := time.Now()
-	o := s.decideAndRun(ctx, tool, c)
+	o, err := s.decideAndRun(ctx, tool, c)
+	if err != nil {
+		return nil, err
+	}
 	o.Duration = time.Since(start)
 	span.SetAttributes(attribute.Bool("perimeter.replayed", o.Replayed), attribute.String("perimeter.outcome", outcomeLabel(o)))
 	if o.IsError {
@@ -116,41 +135,103 @@ func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool,
 	return o, nil
 }
 
-func (s *session) decideAndRun(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
+func (s *session) decideAndRun(ctx context.Context, tool anthropic.BetaTool, c *Call) (*Outcome, error) {
 	j := s.w.journal
-	existing, fresh, err := j.begin(ctx, record{
-		ToolUseID: c.ToolUseID, SessionID: c.SessionID, WorkID: c.WorkID, WorkerID: s.w.opts.WorkerID,
-		Tool: c.Tool, InputSHA256: c.InputSHA256, StartedAt: time.Now(),
-	})
+	switch prev, err := j.lookup(ctx, c.ToolUseID); {
+	case errors.Is(err, errNoRecord):
+	case err != nil:
+		s.log.Error("journal unavailable; not running the call", slog.Any("error", err))
+		return &Outcome{Text: "internal error: the worker could not record this tool call, so it was not run", IsError: true}, nil
+	default:
+		return s.replay(ctx, c, prev), nil
+	}
+
+	// The hooks decide; a decision may wait for a human. A call that is
+	// still waiting when the session stops being served here is left
+	// unanswered: it is not journalled, so the next worker asks again.
+	waitCtx, stopWait := context.WithCancel(ctx)
+	defer stopWait()
+	go func() {
+		select {
+		case <-s.drainStarted():
+			stopWait()
+		case <-waitCtx.Done():
+		}
+	}()
+	for _, h := range s.w.opts.Hooks {
+		if err := h.BeforeCall(waitCtx, c); err != nil {
+			if waitCtx.Err() != nil {
+				return nil, s.leave(ctx, c.ToolUseID)
+			}
+			o := &Outcome{Text: capText(err.Error(), s.w.opts.MaxOutputBytes), IsError: true}
+			s.journalOutcome(ctx, c, o, true)
+			return o, nil
+		}
+	}
+
+	existing, fresh, err := j.begin(ctx, s.record(c))
 	switch {
 	case err != nil:
 		s.log.Error("journal unavailable; not running the call", slog.Any("error", err))
-		return &Outcome{Text: "internal error: the worker could not record this tool call, so it was not run", IsError: true}
-	case !fresh && existing.State == callFinished:
-		s.log.Info("answering a call from the journal instead of running it again", slog.String("tool_use_id", c.ToolUseID))
-		return &Outcome{Text: existing.Output, IsError: existing.IsError, Replayed: true}
+		return &Outcome{Text: "internal error: the worker could not record this tool call, so it was not run", IsError: true}, nil
 	case !fresh:
-		// Started and never finished: the worker that ran it died. Its
-		// effects are unknown, so it is not run blind a second time.
-		msg := fmt.Sprintf("this %s call was started by a worker that stopped before it finished; it may have partly run and was not run again", c.Tool)
-		_ = j.finish(context.WithoutCancel(ctx), c.ToolUseID, msg, true, time.Now())
-		return &Outcome{Text: msg, IsError: true, Replayed: true}
+		return s.replay(ctx, c, existing), nil
 	}
-
 	o := s.execute(ctx, tool, c)
-	if err := j.finish(context.WithoutCancel(ctx), c.ToolUseID, o.Text, o.IsError, time.Now()); err != nil {
-		s.log.Error("journal finish failed", slog.Any("error", err))
-	}
-	return o
+	s.journalOutcome(ctx, c, o, false)
+	return o, nil
 }
 
-// execute runs the hooks' veto and then the tool, capping what it returns.
-func (s *session) execute(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
-	for _, h := range s.w.opts.Hooks {
-		if err := h.BeforeCall(ctx, c); err != nil {
-			return &Outcome{Text: err.Error(), IsError: true}
+func (s *session) record(c *Call) record {
+	return record{
+		ToolUseID: c.ToolUseID, SessionID: c.SessionID, WorkID: c.WorkID, WorkerID: s.w.opts.WorkerID,
+		Tool: c.Tool, InputSHA256: c.InputSHA256, StartedAt: time.Now(),
+	}
+}
+
+// journalOutcome records how the call ended; begin says whether it still
+// has to be recorded as started (a denial never was).
+func (s *session) journalOutcome(ctx context.Context, c *Call, o *Outcome, begin bool) {
+	ctx = context.WithoutCancel(ctx)
+	if begin {
+		if _, fresh, err := s.w.journal.begin(ctx, s.record(c)); err != nil || !fresh {
+			s.log.Error("journal begin failed", slog.Any("error", err), slog.Bool("already_recorded", !fresh))
+			return
 		}
 	}
+	if err := s.w.journal.finish(ctx, c.ToolUseID, o.Text, o.IsError, time.Now()); err != nil {
+		s.log.Error("journal finish failed", slog.Any("error", err))
+	}
+}
+
+// replay answers a call the journal already knows.
+func (s *session) replay(ctx context.Context, c *Call, prev record) *Outcome {
+	if prev.State == callFinished {
+		s.log.Info("answering a call from the journal instead of running it again", slog.String("tool_use_id", c.ToolUseID))
+		return &Outcome{Text: prev.Output, IsError: prev.IsError, Replayed: true}
+	}
+	// Started and never finished: the worker that ran it died. Its
+	// effects are unknown, so it is not run blind a second time.
+	msg := fmt.Sprintf("this %s call was started by a worker that stopped before it finished; it may have partly run and was not run again", c.Tool)
+	_ = s.w.journal.finish(context.WithoutCancel(ctx), c.ToolUseID, msg, true, time.Now())
+	return &Outcome{Text: msg, IsError: true, Replayed: true}
+}
+
+// leave gives up a call without answering it: it stops counting as in
+// flight (so a drain can finish), and returns once the session is no
+// longer served here, when nothing can be posted any more.
+func (s *session) leave(ctx context.Context, id string) error {
+	s.log.Info("leaving a waiting call unanswered for the next worker", slog.String("tool_use_id", id))
+	s.posted(id)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// execute runs the tool, bounded by the tool timeout, capping what it
+// returns.
+func (s *session) execute(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
+	ctx, cancel := context.WithTimeout(ctx, s.w.opts.ToolTimeout)
+	defer cancel()
 	blocks, err := tool.Execute(ctx, c.Input)
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):

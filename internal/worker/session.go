@@ -40,9 +40,14 @@ type session struct {
 	// belong to another worker.
 	detached atomic.Bool
 
+	// agent and metadata are the session's, learnt when it is fetched.
+	agent    string
+	metadata map[string]string
+
 	mu       sync.Mutex      // guards the fields below
 	inFlight map[string]bool // calls that entered the gate and are not yet posted
 	draining bool
+	drainCh  chan struct{} // closed when draining starts; nil until asked for
 	idle     chan struct{} // closed when draining and nothing is in flight
 }
 
@@ -74,9 +79,26 @@ func (s *session) drain() <-chan struct{} {
 	if !s.draining {
 		s.draining = true
 		s.idle = make(chan struct{})
+		if s.drainCh == nil {
+			s.drainCh = make(chan struct{})
+		}
+		close(s.drainCh)
 		s.maybeIdleLocked()
 	}
 	return s.idle
+}
+
+// drainStarted is closed once the session starts draining.
+func (s *session) drainStarted() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drainCh == nil {
+		s.drainCh = make(chan struct{})
+		if s.draining {
+			close(s.drainCh)
+		}
+	}
+	return s.drainCh
 }
 
 func (s *session) maybeIdleLocked() {
@@ -212,6 +234,7 @@ func (s *session) runSession(ctx context.Context) error {
 		s.log.Info("session already terminated; stopping its work item")
 		return errSkipped
 	}
+	s.agent, s.metadata = sess.Agent.ID, sess.Metadata
 
 	tools, err := s.w.tools(sb)
 	if err != nil {
@@ -234,7 +257,9 @@ func (s *session) runSession(ctx context.Context) error {
 		MaxIdle:        &s.w.opts.MaxIdle,
 		Logger:         s.log,
 		RequestOptions: runnerOpts,
-		ToolTimeout:    s.w.opts.ToolTimeout,
+		// The gate bounds the run itself by ToolTimeout; before it, a
+		// decision may hold the call for up to DecisionWait.
+		ToolTimeout:    s.w.opts.ToolTimeout + s.w.opts.DecisionWait,
 		DrainTimeout:   s.w.opts.DrainTimeout,
 	})
 	for runner.Next() {

@@ -71,6 +71,9 @@ type Options struct {
 	MaxIdle time.Duration
 	// ToolTimeout bounds one tool call; 0 = 120s.
 	ToolTimeout time.Duration
+	// DecisionWait is the longest a Hook may hold a call before it runs (a
+	// human approval's deadline); ToolTimeout then bounds the run.
+	DecisionWait time.Duration
 	// DrainTimeout bounds how long in-flight calls may finish on shutdown;
 	// 0 = 30s.
 	DrainTimeout time.Duration

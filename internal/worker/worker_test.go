@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -478,5 +479,71 @@ func TestADeadSandboxIsReplacedForTheNextCallAndTheWorkspaceKept(t *testing.T) {
 				t.Errorf("sandbox failures = %v, want 1", got)
 			}
 		})
+	}
+}
+
+// holdingHook holds every call until released, as a pending approval does;
+// release decides them with edit applied to the input.
+type holdingHook struct {
+	waiting chan string // tool-use ids as they start waiting
+	release chan json.RawMessage
+	mu      sync.Mutex
+	calls   int
+}
+
+func (h *holdingHook) BeforeCall(ctx context.Context, c *Call) error {
+	h.mu.Lock()
+	h.calls++
+	h.mu.Unlock()
+	h.waiting <- c.ToolUseID
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case edit := <-h.release:
+		if edit != nil {
+			c.Input = edit
+		}
+		return nil
+	}
+}
+func (h *holdingHook) AfterCall(context.Context, *Call, *Outcome) {}
+
+// A call waiting for a decision when the worker drains is left unanswered
+// and unjournalled, so the next worker asks again; its run uses the input
+// the decision edited.
+func TestADrainLeavesAWaitingCallToTheNextWorkerWhichAsksAgain(t *testing.T) {
+	h := newHarness(t, 2*time.Second, map[string]string{"s": scenario(`
+  - tool: bash
+    input: {command: "echo as-sent"}
+    expect: {is_error: false, contains: as-edited}
+  - end: terminate
+`)})
+	state := t.TempDir()
+	hook1 := &holdingHook{waiting: make(chan string, 4), release: make(chan json.RawMessage)}
+	opts := h.workerOptions(state)
+	opts.Hooks = []Hook{hook1}
+	opts.DrainTimeout = 20 * time.Second
+	w1 := h.startWorker(opts)
+	id := h.newSession("s")
+	<-hook1.waiting
+	start := time.Now()
+	if err := w1.stop(t); err != nil {
+		t.Fatalf("drain returned %v, want nil", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("drain took %s: a waiting call held it", d)
+	}
+	if got := testenv.ResultTexts(h.events(id)); len(got) != 0 {
+		t.Fatalf("a waiting call was answered on drain: %q", got)
+	}
+
+	hook2 := &holdingHook{waiting: make(chan string, 4), release: make(chan json.RawMessage, 1)}
+	hook2.release <- json.RawMessage(`{"command":"echo as-edited"}`)
+	opts2 := h.workerOptions(state)
+	opts2.Hooks = []Hook{hook2}
+	h.startWorker(opts2)
+	h.waitScenario(id, "passed")
+	if hook2.calls != 1 {
+		t.Errorf("the next worker asked %d times, want 1", hook2.calls)
 	}
 }
