@@ -259,8 +259,8 @@ func (s *session) runSession(ctx context.Context) error {
 		RequestOptions: runnerOpts,
 		// The gate bounds the run itself by ToolTimeout; before it, a
 		// decision may hold the call for up to DecisionWait.
-		ToolTimeout:    s.w.opts.ToolTimeout + s.w.opts.DecisionWait,
-		DrainTimeout:   s.w.opts.DrainTimeout,
+		ToolTimeout:  s.w.opts.ToolTimeout + s.w.opts.DecisionWait,
+		DrainTimeout: s.w.opts.DrainTimeout,
 	})
 	for runner.Next() {
 		call := runner.Current()
