@@ -161,7 +161,9 @@ func startWorkerEnv(t *testing.T, baseURL, stateDir string, env []string, extra 
 	// tool), with flags for what a test must change.
 	args := append([]string{"worker", "--config", "../examples/perimeter.yaml",
 		"--state-dir", stateDir, "--admin-listen", "127.0.0.1:0", "--runtime", "process", "--insecure-process-runtime",
-		"--max-sessions", "8", "--max-idle", "2s", "--tool-timeout", "10s", "--drain-timeout", "15s"}, extra...)
+		"--max-sessions", "8", "--max-idle", "2s", "--tool-timeout", "10s", "--drain-timeout", "15s",
+		// Tests that exercise the gate pass their own --policy (the last wins).
+		"--policy", "../examples/policies/allow-all.yaml"}, extra...)
 	p := startProc(t, "worker", append([]string{
 		"ANTHROPIC_BASE_URL=" + baseURL,
 		"ANTHROPIC_ENVIRONMENT_ID=" + envID,
@@ -296,4 +298,18 @@ func countLines(t *testing.T, path, want string) int {
 	return n
 }
 
-var sigterm = syscall.SIGTERM
+var (
+	sigterm = syscall.SIGTERM
+	sighup  = syscall.SIGHUP
+)
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,5 +1,5 @@
-// Package examples ships Perimeter's example scenarios inside the binary, so
-// `perimeter demo` works from any directory.
+// Package examples ships Perimeter's example scenarios and policies inside
+// the binary, so `perimeter demo` works from any directory.
 package examples
 
 import "embed"
@@ -8,3 +8,8 @@ import "embed"
 //
 //go:embed scenarios/*.yaml
 var Scenarios embed.FS
+
+// Policies holds policies/*.yaml.
+//
+//go:embed policies/*.yaml
+var Policies embed.FS

@@ -117,6 +117,18 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 	// accepts the process runtime when nothing stronger exists, and says so.
 	cfg.Anthropic.BaseURL, cfg.Anthropic.EnvironmentID = baseURL, controlplane.DefaultEnvironmentID
 	cfg.Worker.StateDir = filepath.Join(dir, "worker")
+	if cfg.Policy.File == "" {
+		// Nobody is there to approve: the demo's calls are allowed, and
+		// still each decided and recorded by the gate.
+		b, err := examples.Policies.ReadFile("policies/allow-all.yaml")
+		if err != nil {
+			return err
+		}
+		cfg.Policy.File = filepath.Join(dir, "allow-all.yaml")
+		if err := os.WriteFile(cfg.Policy.File, b, 0o600); err != nil {
+			return err
+		}
+	}
 	cfg.Worker.MaxIdle = config.Duration(5 * time.Second)
 	if cfg.Sandbox.Runtime == "" {
 		// The demo falls back to the process runtime when the host offers
@@ -124,7 +136,7 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 		cfg.Sandbox.InsecureProcessRuntime = true
 	}
 	fmt.Fprintln(out, "Picking the strongest sandbox runtime this host offers…")
-	w, closeWorker, err := newWorker(ctx, cfg, envKey, log.With(slog.String("component", "worker")), nil)
+	w, _, closeWorker, err := newWorker(ctx, cfg, envKey, log.With(slog.String("component", "worker")), nil)
 	if err != nil {
 		return err
 	}

@@ -71,6 +71,8 @@ Offline control plane for development and tests:
 		newDemoCmd(g),
 		newDoctorCmd(g),
 		newImageCmd(g),
+		newApprovalsCmd(),
+		newPolicyCmd(),
 	)
 	return root
 }

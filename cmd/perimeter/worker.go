@@ -11,25 +11,30 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/perimeterhq/perimeter/internal/approval"
 	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/policy"
 	"github.com/perimeterhq/perimeter/internal/worker"
 )
 
 // workerFlags are the flags of `perimeter worker` that override the config.
 type workerFlags struct {
-	baseURL, environmentID, workerID, stateDir, adminListen, runtime string
-	maxSessions                                                      int
-	maxIdle, toolTimeout, drainTimeout                               time.Duration
-	insecureProcess                                                  bool
+	baseURL, environmentID, workerID, stateDir, adminListen, runtime, policy string
+	maxSessions                                                              int
+	maxIdle, toolTimeout, drainTimeout                                       time.Duration
+	insecureProcess                                                          bool
 }
 
 func (f *workerFlags) register(cmd *cobra.Command) {
@@ -39,6 +44,7 @@ func (f *workerFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.workerID, "worker-id", "", "worker id reported to the control plane and put on its sandboxes (default <hostname>-<hash of the state dir>, stable across restarts)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "directory for the call journal and session workspaces; share it between workers on one host (default ./perimeter-state)")
 	fl.StringVar(&f.adminListen, "admin-listen", "", `address of /healthz, /readyz and /metrics (default 127.0.0.1:9464; "off" disables)`)
+	fl.StringVar(&f.policy, "policy", "", "policy file every tool call is decided by; SIGHUP reloads it (default: the built-in policy, see `perimeter policy default`)")
 	fl.StringVar(&f.runtime, "runtime", "", "sandbox runtime: docker-runsc, docker, bwrap or process (default: the strongest this host offers)")
 	fl.IntVar(&f.maxSessions, "max-sessions", 0, "sessions served at once (default 4)")
 	fl.DurationVar(&f.maxIdle, "max-idle", 0, "how long a session stays attached after its turn ends (default 60s; negative disables)")
@@ -61,6 +67,7 @@ func (f *workerFlags) apply(cfg *config.Config) {
 	w.ToolTimeout = cmp.Or(config.Duration(f.toolTimeout), w.ToolTimeout)
 	w.DrainTimeout = cmp.Or(config.Duration(f.drainTimeout), w.DrainTimeout)
 	s.Runtime = cmp.Or(f.runtime, s.Runtime)
+	cfg.Policy.File = cmp.Or(f.policy, cfg.Policy.File)
 	s.InsecureProcessRuntime = s.InsecureProcessRuntime || f.insecureProcess
 }
 
@@ -115,18 +122,28 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		defer cancel()
 		_ = shutdownTracing(sctx)
 	}()
-	w, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, tp)
+	w, gate, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, tp)
 	if err != nil {
 		return err
 	}
 	defer closeWorker()
+	stopReload := reloadOnHUP(cfg, gate, log)
+	defer stopReload()
 
 	if addr := cfg.Worker.AdminListen; addr != "off" {
+		token, err := adminToken(cfg.Worker.StateDir)
+		if err != nil {
+			return err
+		}
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("admin listener: %w (set --admin-listen to a free address, or off)", err)
 		}
-		srv := &http.Server{Handler: w.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/v1/approvals", approval.Handler(gate, token))
+		mux.Handle("/v1/approvals/", approval.Handler(gate, token))
+		mux.Handle("/", w.AdminHandler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener failed", slog.Any("error", err))
@@ -141,13 +158,22 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 // newWorker builds a worker, and its sandbox runtime, from cfg and the
 // environment key. The returned close releases the runtime after the
 // worker is done.
-func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog.Logger, tp trace.TracerProvider) (*worker.Worker, func(), error) {
+func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog.Logger, tp trace.TracerProvider) (*worker.Worker, *approval.Gate, func(), error) {
 	if cfg.Worker.ID == "" {
 		cfg.Worker.ID = defaultWorkerID(cfg.Worker.StateDir)
 	}
+	if err := worker.PrepareStateDir(cfg.Worker.StateDir); err != nil {
+		return nil, nil, nil, err
+	}
+	reg := prometheus.NewRegistry()
+	gate, err := newGate(cfg, reg, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	rs, err := setupRuntime(ctx, cfg, log)
 	if err != nil {
-		return nil, nil, err
+		gate.Store().Close()
+		return nil, nil, nil, err
 	}
 	var clientOpts []option.RequestOption
 	if cfg.Anthropic.BaseURL != "" {
@@ -172,12 +198,43 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		CustomTools:      cfg.CustomTools,
 		TracerProvider:   tp,
 		Logger:           log,
+		Hooks:            []worker.Hook{gate},
+		DecisionWait:     policy.MaxDeadlineAllowed,
+		Metrics:          worker.NewMetrics(reg),
 	})
 	if err != nil {
 		rs.Close()
-		return nil, nil, err
+		gate.Store().Close()
+		return nil, nil, nil, err
 	}
-	return w, func() { w.Close(); rs.Close() }, nil
+	return w, gate, func() { w.Close(); rs.Close(); gate.Store().Close() }, nil
+}
+
+// reloadOnHUP reloads the policy file on SIGHUP. A policy that does not
+// load is logged and the one in force is kept; sessions are not touched.
+func reloadOnHUP(cfg *config.Config, gate *approval.Gate, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+			}
+			p, err := loadPolicy(cfg)
+			if err == nil {
+				err = gate.SetPolicy(p)
+			}
+			if err != nil {
+				log.Error("policy reload failed; keeping the policy in force", slog.String("policy", gate.Policy().Source()), slog.Any("error", err))
+				continue
+			}
+			log.Info("policy reloaded", slog.String("policy", p.Source()), slog.String("sha256", p.Digest()))
+		}
+	}()
+	return func() { signal.Stop(hup); close(done) }
 }
 
 // defaultWorkerID is stable across restarts of a worker on one host with

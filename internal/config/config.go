@@ -26,6 +26,40 @@ type Config struct {
 	CustomTools  []CustomTool `yaml:"custom_tools"`
 	ControlPlane ControlPlane `yaml:"controlplane"`
 	Telemetry    Telemetry    `yaml:"telemetry"`
+	Policy       Policy       `yaml:"policy"`
+	Approvals    Approvals    `yaml:"approvals"`
+}
+
+// Policy configures the gate every tool call passes.
+type Policy struct {
+	// File is the policy (see examples/policies and `perimeter policy`);
+	// empty means the built-in default: read, glob and grep pass; write,
+	// edit, bash and every other tool ask a human, denied after 2m.
+	// SIGHUP reloads it.
+	File string `yaml:"file"`
+	// Labels are the environment labels policy conditions see as
+	// environment.labels.
+	Labels map[string]string `yaml:"labels"`
+}
+
+// Approvals configures how a human is reached and decides.
+type Approvals struct {
+	// Channels are the notification channels policy rules name.
+	Channels map[string]Channel `yaml:"channels"`
+}
+
+// Channel is one way to reach reviewers.
+type Channel struct {
+	// Type is webhook (a signed Standard Webhooks POST) or slack (an
+	// incoming-webhook message).
+	Type string `yaml:"type"`
+	// URL to post to, or URLEnv: the variable holding it (a Slack webhook
+	// URL is a secret).
+	URL    string `yaml:"url"`
+	URLEnv string `yaml:"url_env"`
+	// SecretEnv is the variable holding a webhook channel's signing secret
+	// (whsec_…).
+	SecretEnv string `yaml:"secret_env"`
 }
 
 // Anthropic says where the control plane is. Secrets never live here: the
@@ -204,6 +238,16 @@ func Parse(b []byte, name string) (*Config, error) {
 	case "", "on-failure", "never":
 	default:
 		return nil, fmt.Errorf("%s: sandbox.restart is %q: use on-failure or never", name, c.Sandbox.Restart)
+	}
+	for chName, ch := range c.Approvals.Channels {
+		switch {
+		case ch.Type != "webhook" && ch.Type != "slack":
+			return nil, fmt.Errorf("%s: approvals.channels.%s: type is %q: use webhook or slack", name, chName, ch.Type)
+		case (ch.URL == "") == (ch.URLEnv == ""):
+			return nil, fmt.Errorf("%s: approvals.channels.%s: set exactly one of url and url_env", name, chName)
+		case ch.Type == "webhook" && ch.SecretEnv == "":
+			return nil, fmt.Errorf("%s: approvals.channels.%s: a webhook channel needs secret_env, the variable holding its signing secret", name, chName)
+		}
 	}
 	for i, t := range c.CustomTools {
 		switch {

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/perimeterhq/perimeter/internal/approval"
+	"github.com/perimeterhq/perimeter/internal/approval/notify"
+	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/policy"
+)
+
+// adminTokenFile holds the approvals API token a worker generated, in its
+// state directory, readable by its owner only.
+const adminTokenFile = "admin-token"
+
+// loadPolicy reads the configured policy, or the built-in default.
+func loadPolicy(cfg *config.Config) (*policy.Policy, error) {
+	if cfg.Policy.File == "" {
+		return policy.Default(), nil
+	}
+	return policy.Load(cfg.Policy.File)
+}
+
+// newGate builds the policy gate: the policy, the approvals store in the
+// state directory and the configured channels.
+func newGate(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*approval.Gate, error) {
+	p, err := loadPolicy(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var notifiers []notify.Notifier
+	for name, ch := range cfg.Approvals.Channels {
+		n, err := newNotifier(name, ch)
+		if err != nil {
+			return nil, err
+		}
+		notifiers = append(notifiers, n)
+	}
+	store, err := approval.Open(cfg.Worker.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	g, err := approval.NewGate(approval.GateOptions{
+		Policy: p, Store: store, Notifiers: notifiers, Labels: cfg.Policy.Labels,
+		Logger: log.With(slog.String("component", "policy")), Registerer: reg,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	log.Info("policy loaded", slog.String("policy", p.Source()), slog.String("sha256", p.Digest()))
+	return g, nil
+}
+
+func newNotifier(name string, ch config.Channel) (notify.Notifier, error) {
+	url := ch.URL
+	if ch.URLEnv != "" {
+		if url = os.Getenv(ch.URLEnv); url == "" {
+			return nil, fmt.Errorf("approvals.channels.%s: $%s is empty: set it to the channel's URL", name, ch.URLEnv)
+		}
+	}
+	switch ch.Type {
+	case "slack":
+		return notify.NewSlack(name, url)
+	default:
+		secret := os.Getenv(ch.SecretEnv)
+		if secret == "" {
+			return nil, fmt.Errorf("approvals.channels.%s: $%s is empty: set it to the webhook's signing secret (whsec_…)", name, ch.SecretEnv)
+		}
+		return notify.NewWebhook(name, url, secret)
+	}
+}
+
+// adminToken is the approvals API token: $PERIMETER_ADMIN_TOKEN, else the
+// one in the state directory, generated on first use.
+func adminToken(stateDir string) (string, error) {
+	if t := os.Getenv("PERIMETER_ADMIN_TOKEN"); t != "" {
+		return t, nil
+	}
+	path := filepath.Join(stateDir, adminTokenFile)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	tok := "pat_" + hex.EncodeToString(b)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return tok, nil
+}

@@ -1,0 +1,67 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTheAPIAuthenticatesAndDecides(t *testing.T) {
+	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
+	srv := httptest.NewServer(Handler(g, "tok-right"))
+	defer srv.Close()
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() {
+		done <- g.BeforeCall(ctx, call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
+	}()
+	waitUntil(t, "the request", func() bool { _, err := g.Store().Get(ctx, "sevt_w"); return err == nil })
+
+	for _, tok := range []string{"", "tok-wrong"} {
+		c := &Client{BaseURL: srv.URL, Token: tok}
+		if _, err := c.List(ctx, Pending); err == nil || !strings.Contains(err.Error(), "401") {
+			t.Errorf("token %q: %v, want 401", tok, err)
+		}
+	}
+	c := &Client{BaseURL: srv.URL, Token: "tok-right"}
+	recs, err := c.List(ctx, Pending)
+	if err != nil || len(recs) != 1 || recs[0].ToolUseID != "sevt_w" || string(recs[0].Input) == "" {
+		t.Fatalf("list: %+v, %v", recs, err)
+	}
+	if _, err := c.Get(ctx, "sevt_nope"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("unknown id: %v", err)
+	}
+	if _, err := c.Decide(ctx, "sevt_w", true, Decision{}); err == nil || !strings.Contains(err.Error(), "by") {
+		t.Errorf("decision without an approver: %v", err)
+	}
+	if _, err := c.Decide(ctx, "sevt_w", false, Decision{By: "alice", Input: json.RawMessage(`{"x":1}`)}); err == nil {
+		t.Error("a denial with an edited input was accepted")
+	}
+	r, err := c.Decide(ctx, "sevt_w", true, Decision{By: "alice", Reason: "looks right"})
+	if err != nil || r.State != Allowed || r.DecidedBy != "human:alice" || r.Reason != "looks right" {
+		t.Fatalf("approve: %+v, %v", r, err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("approved call: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the approval did not wake the call")
+	}
+	if _, err := c.Decide(ctx, "sevt_w", false, Decision{By: "bob"}); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("deciding twice: %v, want 409", err)
+	}
+	resp, err := http.Get(srv.URL + "/v1/approvals?state=bogus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("unauthenticated bad request: %d, want 401 first", resp.StatusCode)
+	}
+}

@@ -1,0 +1,248 @@
+package approval
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/perimeterhq/perimeter/internal/approval/notify"
+	"github.com/perimeterhq/perimeter/internal/policy"
+	"github.com/perimeterhq/perimeter/internal/worker"
+)
+
+const testPolicy = `version: 1
+default:
+  decision: deny
+  message: no rule allows this
+rules:
+  - name: reads pass
+    tools: [read]
+    decision: allow
+  - name: no secrets
+    tools: [write]
+    when: 'input.file_path.startsWith("secrets/")'
+    decision: deny
+    message: secrets are off limits
+  - name: writes wait
+    tools: [write]
+    decision: defer
+    deadline: %s
+    channels: [ops]
+    allow_edit: true
+    message: a human reviews writes
+`
+
+const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// receiver is a webhook endpoint on loopback that verifies every delivery.
+type receiver struct {
+	srv  *httptest.Server
+	n    atomic.Int64
+	mu   sync.Mutex
+	ids  []string
+	errs []error
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		err := notify.Verify(secret, req.Header, body, 5*time.Minute, time.Now())
+		r.mu.Lock()
+		r.ids = append(r.ids, req.Header.Get("webhook-id"))
+		if err != nil {
+			r.errs = append(r.errs, err)
+		}
+		r.mu.Unlock()
+		r.n.Add(1)
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func newGate(t *testing.T, dir, deadline string, rcv *receiver) *Gate {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(strings.Replace(testPolicy, "%s", deadline, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	hook, err := notify.NewWebhook("ops", rcv.srv.URL, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewGate(GateOptions{Policy: p, Store: st, Notifiers: []notify.Notifier{hook}, Poll: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func call(id, tool, input string) *worker.Call {
+	return &worker.Call{ToolUseID: id, SessionID: "sesn_1", WorkID: "work_1", WorkerID: "w1", Tool: tool,
+		Input: json.RawMessage(input), InputSHA256: sha256Hex([]byte(input))}
+}
+
+func TestRuleDecisionsAreRecordedBeforeTheCallRuns(t *testing.T) {
+	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
+	ctx := context.Background()
+	if err := g.BeforeCall(ctx, call("sevt_read", "read", `{"file_path":"a"}`)); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	r, _ := g.Store().Get(ctx, "sevt_read")
+	if r.State != Allowed || r.DecidedBy != "rule:reads pass" || r.UsedAt.IsZero() {
+		t.Errorf("read record: %+v", r)
+	}
+	err := g.BeforeCall(ctx, call("sevt_secret", "write", `{"file_path":"secrets/k","content":"x"}`))
+	if err == nil || err.Error() != "secrets are off limits" {
+		t.Fatalf("secret write: %v, want the rule's message", err)
+	}
+	err = g.BeforeCall(ctx, call("sevt_bash", "bash", `{"command":"ls"}`))
+	if err == nil || err.Error() != "no rule allows this" {
+		t.Fatalf("unmatched call: %v, want the default's message", err)
+	}
+	r, _ = g.Store().Get(ctx, "sevt_bash")
+	if r.State != Denied || r.DecidedBy != "default" {
+		t.Errorf("default record: %+v", r)
+	}
+	// A replayed allow (same call again) cannot use the approval twice.
+	if err := g.BeforeCall(ctx, call("sevt_read", "read", `{"file_path":"a"}`)); err == nil {
+		t.Error("the same call was allowed twice")
+	}
+}
+
+func TestAWaitingCallRunsWithTheInputItsApproverEdited(t *testing.T) {
+	rcv := newReceiver(t)
+	g := newGate(t, t.TempDir(), "1h", rcv)
+	c := call("sevt_w", "write", `{"file_path":"a.txt","content":"draft"}`)
+	done := make(chan error, 1)
+	go func() { done <- g.BeforeCall(context.Background(), c) }()
+	waitUntil(t, "the request to be notified", func() bool { return rcv.n.Load() == 1 })
+	edit := []byte(`{"file_path":"a.txt","content":"final"}`)
+	if _, err := g.Decide(context.Background(), "sevt_w", true, "human:alice", "", edit); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("approved call: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the approved call did not resume")
+	}
+	if string(c.Input) != string(edit) || c.InputSHA256 != sha256Hex([]byte(`{"file_path":"a.txt","content":"draft"}`)) {
+		t.Errorf("input %s (sha %s): want the edit, bound to the original hash", c.Input, c.InputSHA256)
+	}
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	if len(rcv.errs) > 0 || len(rcv.ids) != 1 || rcv.ids[0] != "sevt_w" {
+		t.Errorf("deliveries %v, verification errors %v", rcv.ids, rcv.errs)
+	}
+}
+
+func TestAHumanDenialIsWhatTheModelSees(t *testing.T) {
+	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
+	done := make(chan error, 1)
+	go func() {
+		done <- g.BeforeCall(context.Background(), call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
+	}()
+	waitUntil(t, "the request", func() bool { _, err := g.Store().Get(context.Background(), "sevt_w"); return err == nil })
+	if _, err := g.Decide(context.Background(), "sevt_w", false, "human:bob", "use the staging bucket", nil); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "denied by a reviewer (bob): use the staging bucket") {
+		t.Fatalf("denied call: %v", err)
+	}
+}
+
+func TestNoDecisionBeforeTheDeadlineDenies(t *testing.T) {
+	g := newGate(t, t.TempDir(), "300ms", newReceiver(t))
+	start := time.Now()
+	err := g.BeforeCall(context.Background(), call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
+	if err == nil || !strings.Contains(err.Error(), "none came before the deadline") {
+		t.Fatalf("timed out call: %v", err)
+	}
+	if time.Since(start) < 300*time.Millisecond {
+		t.Error("denied before the deadline")
+	}
+	r, _ := g.Store().Get(context.Background(), "sevt_w")
+	if r.State != Denied || r.DecidedBy != "timeout" {
+		t.Errorf("record: %+v", r)
+	}
+}
+
+// A worker that stops serving a session while a call waits leaves the
+// request pending; the worker that picks the call up later finds it,
+// does not notify again, and applies a decision given in between.
+func TestAPendingRequestOutlivesItsWorkerAndIsNotifiedOnce(t *testing.T) {
+	dir := t.TempDir()
+	rcv := newReceiver(t)
+	g1 := newGate(t, dir, "1h", rcv)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g1.BeforeCall(ctx, call("sevt_w", "write", `{"file_path":"a","content":"x"}`)) }()
+	waitUntil(t, "the first notification", func() bool { return rcv.n.Load() == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned wait returned %v, want context.Canceled", err)
+	}
+
+	// Decided on the store while no worker waits.
+	st, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Decide(context.Background(), "sevt_w", true, "human:carol", "", nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	g2 := newGate(t, dir, "1h", rcv)
+	if err := g2.BeforeCall(context.Background(), call("sevt_w", "write", `{"file_path":"a","content":"x"}`)); err != nil {
+		t.Fatalf("second worker: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := rcv.n.Load(); n != 1 {
+		t.Errorf("%d notifications, want exactly 1", n)
+	}
+}
+
+func TestAReloadNamingAnUnconfiguredChannelIsRefused(t *testing.T) {
+	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
+	before := g.Policy()
+	p, err := policy.Parse("new.yaml", []byte(`version: 1
+default: {decision: defer, deadline: 1m, channels: [pager]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetPolicy(p); err == nil || !strings.Contains(err.Error(), "pager") {
+		t.Fatalf("SetPolicy: %v, want an error naming the channel", err)
+	}
+	if g.Policy() != before {
+		t.Error("the refused policy replaced the one in force")
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
