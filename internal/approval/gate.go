@@ -131,7 +131,7 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 	p := g.policy.Load()
 	start := time.Now()
 	res := p.Evaluate(policy.Call{
-		Tool: c.Tool, Input: c.Input,
+		Tool: c.Tool, Input: c.Input, Platform: c.Platform,
 		Session:     policy.Session{ID: c.SessionID, Agent: c.Agent, Metadata: c.Metadata},
 		Environment: policy.Environment{ID: c.EnvironmentID, WorkerID: c.WorkerID, Labels: g.opts.Labels},
 	})

@@ -246,3 +246,25 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The platform's ask, stricter than a rule's allow, decides the call: the
+// runner hands it over only after a user.tool_confirmation allowed it, and
+// the record says so.
+func TestAPlatformConfirmationIsRecordedAsTheDecider(t *testing.T) {
+	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
+	c := call("sevt_r", "read", `{"file_path":"a"}`)
+	c.Platform = "ask"
+	if err := g.BeforeCall(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := g.Store().Get(context.Background(), "sevt_r")
+	if r.State != Allowed || r.DecidedBy != "platform" {
+		t.Errorf("record: %+v", r)
+	}
+	// A policy deny stays a deny whatever the platform said.
+	c = call("sevt_s", "write", `{"file_path":"secrets/k","content":"x"}`)
+	c.Platform = "ask"
+	if err := g.BeforeCall(context.Background(), c); err == nil {
+		t.Error("a rule's deny was lifted by the platform's confirmation")
+	}
+}

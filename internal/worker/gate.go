@@ -32,6 +32,11 @@ type Call struct {
 	Metadata map[string]string
 	Tool     string
 	Custom   bool
+	// Platform is the control plane's evaluated_permission for the call
+	// ("" when it gave none). The runner hands over a call whose
+	// permission is ask only after a user.tool_confirmation allowed it,
+	// and never one whose permission is deny.
+	Platform string
 	// Input is what runs. A hook may replace it (an approver's edit); the
 	// replacement must be a JSON object the tool accepts.
 	Input json.RawMessage
@@ -104,7 +109,8 @@ func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool,
 		ToolUseID: id, SessionID: s.sessionID, WorkID: s.workID,
 		WorkerID: s.w.opts.WorkerID, EnvironmentID: s.w.opts.EnvironmentID,
 		Agent: s.agent, Metadata: s.metadata,
-		Tool: tool.Name(), Custom: custom, Input: input, InputSHA256: hex.EncodeToString(sum[:]),
+		Tool: tool.Name(), Custom: custom, Platform: s.perms.take(id),
+		Input: input, InputSHA256: hex.EncodeToString(sum[:]),
 	}
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(

@@ -43,6 +43,8 @@ type session struct {
 	// agent and metadata are the session's, learnt when it is fetched.
 	agent    string
 	metadata map[string]string
+	// perms are the platform's evaluated_permission of its tool uses.
+	perms permissions
 
 	mu       sync.Mutex      // guards the fields below
 	inFlight map[string]bool // calls that entered the gate and are not yet posted
@@ -247,7 +249,7 @@ func (s *session) runSession(ctx context.Context) error {
 	served := toolset.Names(tools)
 
 	runnerOpts := append(append([]option.RequestOption{}, s.itemOpts...),
-		option.WithMiddleware(s.refuseWhenDetached),
+		option.WithMiddleware(s.refuseWhenDetached, s.learnPermissions),
 		option.WithTracerProvider(callIDTracerProvider{TracerProvider: s.w.opts.TracerProvider}),
 		option.WithOpenTelemetryTraces(true),
 		option.WithOpenTelemetryTracesContentMode(option.OpenTelemetryContentModeMetadataOnly),

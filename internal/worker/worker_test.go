@@ -547,3 +547,40 @@ func TestADrainLeavesAWaitingCallToTheNextWorkerWhichAsksAgain(t *testing.T) {
 		t.Errorf("the next worker asked %d times, want 1", hook2.calls)
 	}
 }
+
+// Hooks see the platform's evaluated_permission of each call ("allow", or
+// "ask" for one a user.tool_confirmation allowed); a denied call never
+// reaches them.
+func TestHooksSeeThePlatformsPermission(t *testing.T) {
+	h := newHarness(t, 5*time.Second, map[string]string{"s": scenario(`
+  - tool: bash
+    input: {command: "echo plain"}
+    expect: {is_error: false}
+  - tool: bash
+    input: {command: "echo confirmed"}
+    permission: ask
+    confirm: allow
+    expect: {is_error: false}
+  - tool: bash
+    input: {command: "echo never"}
+    permission: deny
+  - tool: read
+    input: {file_path: nothing.txt}
+    permission: allow
+  - end: terminate
+`)})
+	hook := &recordingHook{}
+	opts := h.workerOptions(t.TempDir())
+	opts.Hooks = []Hook{hook}
+	h.startWorker(opts)
+	h.waitScenario(h.newSession("s"), "passed")
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	var got []string
+	for _, c := range hook.calls {
+		got = append(got, c.Tool+"="+c.Platform)
+	}
+	if want := []string{"bash=allow", "bash=ask", "read=allow"}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("hooks saw %q, want %q", got, want)
+	}
+}
