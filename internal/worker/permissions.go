@@ -150,4 +150,3 @@ func (t *listTee) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-
