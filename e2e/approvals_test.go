@@ -53,10 +53,14 @@ func (r *webhookReceiver) deliveries() (ids, bad []string) {
 	return append([]string(nil), r.ids...), append([]string(nil), r.bad...)
 }
 
-// approvalsConfig is a worker config whose "ops" channel posts to url.
-func approvalsConfig(t *testing.T, url string) string {
+// approvalsConfig is a worker config whose "ops" channel posts to url,
+// keeping decisions in store (empty: the state directory).
+func approvalsConfig(t *testing.T, url, store string) string {
 	path := filepath.Join(t.TempDir(), "perimeter.yaml")
 	cfg := "version: 1\napprovals:\n  channels:\n    ops: {type: webhook, url: " + url + ", secret_env: OPS_SECRET}\n"
+	if store != "" {
+		cfg += "  store: " + store + "\n"
+	}
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +111,7 @@ func TestGatedWritesAreDecidedFromTheCLI(t *testing.T) {
 	op := operator(cp.url)
 	state := t.TempDir()
 	w := startWorkerEnv(t, cp.url, state, []string{"OPS_SECRET=" + opsSecret},
-		"--config", approvalsConfig(t, rcv.srv.URL), "--policy", "testdata/policies/gated.yaml")
+		"--config", approvalsConfig(t, rcv.srv.URL, ""), "--policy", "testdata/policies/gated.yaml")
 	target := []string{"--admin-url", w.admin, "--token-file", filepath.Join(state, "admin-token")}
 	id := newSession(t, op, "e2e-gated")
 
@@ -158,29 +162,44 @@ func TestGatedWritesAreDecidedFromTheCLI(t *testing.T) {
 
 // TestADecisionGivenWhileNoWorkerRunsIsApplied: a worker SIGKILLed while a
 // call waits; the decision is given on the store directly; a second worker
-// picks the session up, applies it, and nobody is notified twice.
+// picks the session up, applies it, and nobody is notified twice. With
+// SQLite the workers share a state directory; with PostgreSQL they share
+// only the store.
 func TestADecisionGivenWhileNoWorkerRunsIsApplied(t *testing.T) {
-	rcv := newWebhookReceiver(t)
-	cp := startControlPlane(t, t.TempDir(), "")
-	op := operator(cp.url)
-	state := t.TempDir()
-	args := []string{"--config", approvalsConfig(t, rcv.srv.URL), "--policy", "testdata/policies/gated.yaml"}
-	env := []string{"OPS_SECRET=" + opsSecret}
-	w1 := startWorkerEnv(t, cp.url, state, env, args...)
-	id := newSession(t, op, "e2e-gated-once")
-	r := waitPending(t, []string{"--state-dir", state}, "survived.txt")
-	waitFor(t, "the notification", func() bool { ids, _ := rcv.deliveries(); return len(ids) == 1 })
-	w1.kill()
+	for _, backend := range []string{"sqlite", "postgres"} {
+		t.Run(backend, func(t *testing.T) {
+			rcv := newWebhookReceiver(t)
+			cp := startControlPlane(t, t.TempDir(), "")
+			op := operator(cp.url)
+			state1, state2 := t.TempDir(), t.TempDir()
+			cfg := approvalsConfig(t, rcv.srv.URL, "")
+			target := []string{"--state-dir", state1}
+			if backend == "sqlite" {
+				state2 = state1
+			} else {
+				db := testenv.Postgres(t)
+				cfg = approvalsConfig(t, rcv.srv.URL, db)
+				target = []string{"--store", db}
+			}
+			args := []string{"--config", cfg, "--policy", "testdata/policies/gated.yaml"}
+			env := []string{"OPS_SECRET=" + opsSecret}
+			w1 := startWorkerEnv(t, cp.url, state1, env, args...)
+			id := newSession(t, op, "e2e-gated-once")
+			r := waitPending(t, target, "survived.txt")
+			waitFor(t, "the notification", func() bool { ids, _ := rcv.deliveries(); return len(ids) == 1 })
+			w1.kill()
 
-	approvalsCLI(t, "--state-dir", state, "approve", r.ToolUseID, "--by", "dana")
-	w2 := startWorkerEnv(t, cp.url, state, env, args...)
-	waitPassed(t, op, id)
-	if !strings.Contains(w2.out.String(), "found this call's decision already recorded") {
-		t.Error("the second worker did not report finding the decision")
-	}
-	ids, bad := rcv.deliveries()
-	if len(ids) != 1 || len(bad) > 0 {
-		t.Errorf("webhook deliveries %v (want exactly one), rejected %v", ids, bad)
+			approvalsCLI(t, append(target, "approve", r.ToolUseID, "--by", "dana")...)
+			w2 := startWorkerEnv(t, cp.url, state2, env, args...)
+			waitPassed(t, op, id)
+			if !strings.Contains(w2.out.String(), "found this call's decision already recorded") {
+				t.Error("the second worker did not report finding the decision")
+			}
+			ids, bad := rcv.deliveries()
+			if len(ids) != 1 || len(bad) > 0 {
+				t.Errorf("webhook deliveries %v (want exactly one), rejected %v", ids, bad)
+			}
+		})
 	}
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suites need on a Debian machine: the
-# Docker engine with runc and gVisor (runsc), bubblewrap, and debootstrap
-# for building the sandbox image. Idempotent; needs root. Prints what it
+# Docker engine with runc and gVisor (runsc), bubblewrap, debootstrap for
+# building the sandbox image, and a PostgreSQL server for the shared
+# approvals store. Idempotent; needs root. Prints what it
 # could not do and exits non-zero, so CI fails loudly.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v runsc >/dev/null || need+=(runsc)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v pg_ctlcluster >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-deps: installing ${need[*]}"
   apt-get update -qq
@@ -40,3 +42,25 @@ if ! docker info >/dev/null 2>&1; then
 fi
 docker info --format '{{json .Runtimes}}' | grep -q runsc || { echo "test-deps: runsc is not registered with dockerd" >&2; exit 1; }
 echo "test-deps: docker $(docker version --format '{{.Server.Version}}'), runtimes $(docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}')"
+
+# PostgreSQL: the distribution's cluster, started without an init system,
+# with a superuser role for the user running the tests (peer auth on the
+# local socket), which tests create throw-away databases with.
+cluster=$(pg_lsclusters --no-header 2>/dev/null | awk 'NR==1 {print $1" "$2}')
+if [ -z "$cluster" ]; then
+  ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  pg_createcluster "$ver" main >/dev/null
+  cluster="$ver main"
+fi
+# shellcheck disable=SC2086
+if ! pg_ctlcluster $cluster status >/dev/null 2>&1; then
+  echo "test-deps: starting PostgreSQL $cluster"
+  # shellcheck disable=SC2086
+  pg_ctlcluster $cluster start
+fi
+user=${SUDO_USER:-$(id -un)}
+su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname = '$user'\"" | grep -q 1 ||
+  su postgres -c "psql -qc 'CREATE ROLE \"$user\" SUPERUSER LOGIN'"
+psql -h /var/run/postgresql -d postgres -qtAc 'SELECT 1' >/dev/null ||
+  { echo "test-deps: cannot reach PostgreSQL on /var/run/postgresql as $user" >&2; exit 1; }
+echo "test-deps: postgres $(psql -h /var/run/postgresql -d postgres -qtAc 'SHOW server_version')"

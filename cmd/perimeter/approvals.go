@@ -22,8 +22,8 @@ import (
 // approvalsTarget is where `perimeter approvals` reads and decides: a
 // worker's approvals API, or the store in a state directory directly.
 type approvalsTarget struct {
-	adminURL, tokenFile, stateDir string
-	asJSON                        bool
+	adminURL, tokenFile, stateDir, store string
+	asJSON                               bool
 }
 
 // approvals is what the subcommands need of either target.
@@ -46,7 +46,14 @@ func (a storeApprovals) Decide(ctx context.Context, id string, allow bool, d app
 	return a.s.Decide(ctx, id, allow, "human:"+d.By, d.Reason, d.Input, time.Now())
 }
 
-func (t *approvalsTarget) open() (approvals, func(), error) {
+func (t *approvalsTarget) open(ctx context.Context) (approvals, func(), error) {
+	if t.store != "" {
+		s, err := approval.OpenAt(ctx, t.store)
+		if err != nil {
+			return nil, nil, err
+		}
+		return storeApprovals{s}, func() { s.Close() }, nil
+	}
 	if t.stateDir != "" {
 		if _, err := os.Stat(filepath.Join(t.stateDir, "approvals.db")); err != nil {
 			return nil, nil, fmt.Errorf("no approvals store in %s (is it a worker's --state-dir?): %w", t.stateDir, err)
@@ -83,7 +90,8 @@ $PERIMETER_ADMIN_URL, default http://127.0.0.1:9464) with the admin token
 ($PERIMETER_ADMIN_TOKEN, or --token-file; a worker without the variable
 writes one to <state-dir>/admin-token). With --state-dir they work on the
 approvals store in that directory directly, which also works while no worker
-runs: the worker that next serves the session applies the decision.
+runs: the worker that next serves the session applies the decision. With
+--store postgres://… they work on a PostgreSQL store that workers share.
 
 Every decision records who made it (--by, default $PERIMETER_APPROVER or
 your user name) and is bound to the exact input of the call.`,
@@ -98,6 +106,7 @@ your user name) and is bound to the exact input of the call.`,
 	pf.StringVar(&t.adminURL, "admin-url", "", "the worker's admin address (default $PERIMETER_ADMIN_URL, else http://127.0.0.1:9464)")
 	pf.StringVar(&t.tokenFile, "token-file", "", "file holding the admin token (default $PERIMETER_ADMIN_TOKEN, else ./perimeter-state/admin-token)")
 	pf.StringVar(&t.stateDir, "state-dir", "", "decide on the approvals store in this worker state directory instead of through a worker")
+	pf.StringVar(&t.store, "store", "", "decide on this approvals store (a postgres:// URL, or a state directory) instead of through a worker")
 	pf.BoolVar(&t.asJSON, "json", false, "print JSON")
 
 	var all bool
@@ -106,7 +115,7 @@ your user name) and is bound to the exact input of the call.`,
 		Short: "List pending requests (--all for every decision)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			a, done, err := t.open()
+			a, done, err := t.open(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -145,7 +154,7 @@ your user name) and is bound to the exact input of the call.`,
 		Short: "Show one request with the exact input of its call",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, done, err := t.open()
+			a, done, err := t.open(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -187,7 +196,7 @@ func decideCmd(t *approvalsTarget, allow bool) *cobra.Command {
 				}
 				d.Input = json.RawMessage(input)
 			}
-			a, done, err := t.open()
+			a, done, err := t.open(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -32,7 +34,7 @@ func loadPolicy(cfg *config.Config) (*policy.Policy, error) {
 
 // newGate builds the policy gate: the policy, the approvals store in the
 // state directory and the configured channels.
-func newGate(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*approval.Gate, error) {
+func newGate(ctx context.Context, cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*approval.Gate, error) {
 	p, err := loadPolicy(cfg)
 	if err != nil {
 		return nil, err
@@ -45,7 +47,7 @@ func newGate(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*
 		}
 		notifiers = append(notifiers, n)
 	}
-	store, err := approval.Open(cfg.Worker.StateDir)
+	store, err := approval.OpenAt(ctx, cmp.Or(cfg.Approvals.Store, cfg.Worker.StateDir))
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +59,7 @@ func newGate(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*
 		store.Close()
 		return nil, err
 	}
-	log.Info("policy loaded", slog.String("policy", p.Source()), slog.String("sha256", p.Digest()))
+	log.Info("policy loaded", slog.String("policy", p.Source()), slog.String("sha256", p.Digest()), slog.String("approvals_store", store.String()))
 	return g, nil
 }
 

@@ -166,7 +166,7 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		return nil, nil, nil, err
 	}
 	reg := prometheus.NewRegistry()
-	gate, err := newGate(cfg, reg, log)
+	gate, err := newGate(ctx, cfg, reg, log)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
@@ -70,15 +72,58 @@ var (
 	ErrDeadlineNotPast = errors.New("the deadline has not passed")
 )
 
-// Store keeps the records. It is safe for concurrent use, and for several
-// processes on one host sharing the file (SQLite in WAL mode serialises
-// writers); each state change is one conditional UPDATE, so a decision and
-// a timeout racing each other cannot both win.
+// Store keeps the records: SQLite in a worker's state directory, shared by
+// the workers on one host, or PostgreSQL, shared by workers anywhere. It is
+// safe for concurrent use by goroutines and processes; each state change is
+// one conditional UPDATE, so a decision and a timeout racing each other
+// cannot both win.
 type Store struct {
-	db *sql.DB
+	db       *sql.DB
+	postgres bool
+	where    string // for messages: the file or the database
 }
 
-// Open opens (creating if needed) the store in dir/approvals.db.
+const schema = `CREATE TABLE IF NOT EXISTS decisions (
+	tool_use_id   TEXT PRIMARY KEY,
+	session_id    TEXT NOT NULL,
+	work_id       TEXT NOT NULL,
+	worker_id     TEXT NOT NULL,
+	tool          TEXT NOT NULL,
+	input         TEXT NOT NULL,
+	input_sha256  TEXT NOT NULL,
+	policy        TEXT NOT NULL,
+	rule          TEXT NOT NULL,
+	message       TEXT NOT NULL DEFAULT '',
+	channels      TEXT NOT NULL DEFAULT '',
+	allow_edit    BOOLEAN NOT NULL DEFAULT FALSE,
+	state         TEXT NOT NULL,
+	decided_by    TEXT NOT NULL DEFAULT '',
+	reason        TEXT NOT NULL DEFAULT '',
+	edited_input  TEXT NOT NULL DEFAULT '',
+	edited_sha256 TEXT NOT NULL DEFAULT '',
+	requested_at  BIGINT NOT NULL,
+	deadline      BIGINT NOT NULL DEFAULT 0,
+	decided_at    BIGINT NOT NULL DEFAULT 0,
+	notified_at   BIGINT NOT NULL DEFAULT 0,
+	used_at       BIGINT NOT NULL DEFAULT 0
+)`
+
+// IsPostgres reports whether a store location is a PostgreSQL URL
+// (postgres:// or postgresql://) rather than a directory.
+func IsPostgres(location string) bool {
+	return strings.HasPrefix(location, "postgres://") || strings.HasPrefix(location, "postgresql://")
+}
+
+// OpenAt opens the store at location: a PostgreSQL URL, or a directory
+// holding approvals.db.
+func OpenAt(ctx context.Context, location string) (*Store, error) {
+	if IsPostgres(location) {
+		return OpenPostgres(ctx, location)
+	}
+	return Open(location)
+}
+
+// Open opens (creating if needed) the SQLite store in dir/approvals.db.
 func Open(dir string) (*Store, error) {
 	path := filepath.Join(dir, "approvals.db")
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)")
@@ -86,34 +131,56 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open approvals store %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS decisions (
-		tool_use_id   TEXT PRIMARY KEY,
-		session_id    TEXT NOT NULL,
-		work_id       TEXT NOT NULL,
-		worker_id     TEXT NOT NULL,
-		tool          TEXT NOT NULL,
-		input         TEXT NOT NULL,
-		input_sha256  TEXT NOT NULL,
-		policy        TEXT NOT NULL,
-		rule          TEXT NOT NULL,
-		message       TEXT NOT NULL DEFAULT '',
-		channels      TEXT NOT NULL DEFAULT '',
-		allow_edit    INTEGER NOT NULL DEFAULT 0,
-		state         TEXT NOT NULL,
-		decided_by    TEXT NOT NULL DEFAULT '',
-		reason        TEXT NOT NULL DEFAULT '',
-		edited_input  TEXT NOT NULL DEFAULT '',
-		edited_sha256 TEXT NOT NULL DEFAULT '',
-		requested_at  INTEGER NOT NULL,
-		deadline      INTEGER NOT NULL DEFAULT 0,
-		decided_at    INTEGER NOT NULL DEFAULT 0,
-		notified_at   INTEGER NOT NULL DEFAULT 0,
-		used_at       INTEGER NOT NULL DEFAULT 0
-	)`); err != nil {
+	if _, err := db.Exec(schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open approvals store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, where: path}, nil
+}
+
+// OpenPostgres opens the store in a PostgreSQL database, creating its table
+// if needed. The URL's password may instead come from PGPASSWORD or
+// ~/.pgpass, as for libpq.
+func OpenPostgres(ctx context.Context, url string) (*Store, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("approvals store: %w", err)
+	}
+	where := fmt.Sprintf("postgres %s/%s", cfg.Host, cfg.Database)
+	db := stdlib.OpenDB(*cfg)
+	db.SetMaxOpenConns(8)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open approvals store %s: %w", where, err)
+	}
+	return &Store{db: db, postgres: true, where: where}, nil
+}
+
+// String names where the store is.
+func (s *Store) String() string { return s.where }
+
+// exec and query take SQL with ? placeholders, numbered for PostgreSQL.
+func (s *Store) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return s.db.ExecContext(ctx, s.rebind(q), args...)
+}
+
+func (s *Store) rebind(q string) string {
+	if !s.postgres {
+		return q
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range q {
+		if r == '?' {
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // Close closes the store.
@@ -122,7 +189,7 @@ func (s *Store) Close() error { return s.db.Close() }
 // Create stores r unless a record for its call exists; it returns the
 // stored record and whether it is r.
 func (s *Store) Create(ctx context.Context, r Record) (Record, bool, error) {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO decisions (tool_use_id, session_id, work_id, worker_id, tool,
+	res, err := s.exec(ctx, `INSERT INTO decisions (tool_use_id, session_id, work_id, worker_id, tool,
 		input, input_sha256, policy, rule, message, channels, allow_edit, state, decided_by, reason,
 		requested_at, deadline, decided_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tool_use_id) DO NOTHING`,
@@ -186,7 +253,7 @@ func (s *Store) Decide(ctx context.Context, id string, allow bool, by, reason st
 	if allow {
 		state = Allowed
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE decisions SET state = ?, decided_by = ?, reason = ?, edited_input = ?,
+	res, err := s.exec(ctx, `UPDATE decisions SET state = ?, decided_by = ?, reason = ?, edited_input = ?,
 		edited_sha256 = ?, decided_at = ? WHERE tool_use_id = ? AND state = ?`,
 		state, by, reason, string(edited), editedSum, nanos(now), id, Pending)
 	if err != nil {
@@ -201,7 +268,7 @@ func (s *Store) Decide(ctx context.Context, id string, allow bool, by, reason st
 
 // Expire denies a pending request whose deadline has passed.
 func (s *Store) Expire(ctx context.Context, id string, now time.Time) (Record, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE decisions SET state = ?, decided_by = 'timeout', reason = 'no decision before the deadline',
+	res, err := s.exec(ctx, `UPDATE decisions SET state = ?, decided_by = 'timeout', reason = 'no decision before the deadline',
 		decided_at = ? WHERE tool_use_id = ? AND state = ? AND deadline > 0 AND deadline <= ?`,
 		Denied, nanos(now), id, Pending, nanos(now))
 	if err != nil {
@@ -220,7 +287,7 @@ func (s *Store) Expire(ctx context.Context, id string, now time.Time) (Record, e
 // Notified marks a request's notifications sent; it reports false when
 // they already were.
 func (s *Store) Notified(ctx context.Context, id string, now time.Time) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE decisions SET notified_at = ? WHERE tool_use_id = ? AND notified_at = 0`, nanos(now), id)
+	res, err := s.exec(ctx, `UPDATE decisions SET notified_at = ? WHERE tool_use_id = ? AND notified_at = 0`, nanos(now), id)
 	if err != nil {
 		return false, fmt.Errorf("mark %s notified: %w", id, err)
 	}
@@ -231,7 +298,7 @@ func (s *Store) Notified(ctx context.Context, id string, now time.Time) (bool, e
 // Use consumes an allowed decision for the input hash it was given for.
 // An approval runs one call once: a second Use fails with ErrUsed.
 func (s *Store) Use(ctx context.Context, id, inputSHA256 string, now time.Time) (Record, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE decisions SET used_at = ? WHERE tool_use_id = ? AND state = ? AND used_at = 0 AND input_sha256 = ?`,
+	res, err := s.exec(ctx, `UPDATE decisions SET used_at = ? WHERE tool_use_id = ? AND state = ? AND used_at = 0 AND input_sha256 = ?`,
 		nanos(now), id, Allowed, inputSHA256)
 	if err != nil {
 		return Record{}, fmt.Errorf("use approval %s: %w", id, err)
@@ -254,9 +321,9 @@ func (s *Store) Use(ctx context.Context, id, inputSHA256 string, now time.Time) 
 }
 
 func (s *Store) query(ctx context.Context, where string, args ...any) ([]Record, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT tool_use_id, session_id, work_id, worker_id, tool, input, input_sha256,
+	rows, err := s.db.QueryContext(ctx, s.rebind(`SELECT tool_use_id, session_id, work_id, worker_id, tool, input, input_sha256,
 		policy, rule, message, channels, allow_edit, state, decided_by, reason, edited_input, edited_sha256,
-		requested_at, deadline, decided_at, notified_at, used_at FROM decisions `+where, args...)
+		requested_at, deadline, decided_at, notified_at, used_at FROM decisions `+where), args...)
 	if err != nil {
 		return nil, fmt.Errorf("read approvals: %w", err)
 	}

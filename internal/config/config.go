@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/docker/go-units"
@@ -44,6 +45,11 @@ type Policy struct {
 
 // Approvals configures how a human is reached and decides.
 type Approvals struct {
+	// Store is where decisions are kept: empty means SQLite in the state
+	// directory (shared by the workers on one host); a postgres:// URL
+	// shares them between workers anywhere (its password may come from
+	// PGPASSWORD instead).
+	Store string `yaml:"store"`
 	// Channels are the notification channels policy rules name.
 	Channels map[string]Channel `yaml:"channels"`
 }
@@ -238,6 +244,9 @@ func Parse(b []byte, name string) (*Config, error) {
 	case "", "on-failure", "never":
 	default:
 		return nil, fmt.Errorf("%s: sandbox.restart is %q: use on-failure or never", name, c.Sandbox.Restart)
+	}
+	if st := c.Approvals.Store; st != "" && !strings.HasPrefix(st, "postgres://") && !strings.HasPrefix(st, "postgresql://") {
+		return nil, fmt.Errorf("%s: approvals.store must be a postgres:// URL (leave it empty for SQLite in the state directory)", name)
 	}
 	for chName, ch := range c.Approvals.Channels {
 		switch {
