@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
+
 	"github.com/perimeterhq/perimeter/internal/approval"
 	"github.com/perimeterhq/perimeter/internal/approval/notify"
 	"github.com/perimeterhq/perimeter/internal/testenv"
@@ -240,4 +242,36 @@ func TestAnInvalidPolicyIsRejectedAtStartAndAtReload(t *testing.T) {
 	}
 	w.signal(sighup)
 	w.waitLog(regexp.MustCompile(`policy reloaded`))
+}
+
+// TestAWorkerOnATerminalAsksItsOperator: a worker whose standard input is a
+// terminal prompts there for a call a rule asks about, and the answer
+// typed decides it.
+func TestAWorkerOnATerminalAsksItsOperator(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), "")
+	op := operator(cp.url)
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	go io.Copy(io.Discard, ptmx) // the terminal's echo
+	state := t.TempDir()
+	w := startProcStdin(t, "worker", tty, []string{"ANTHROPIC_BASE_URL=" + cp.url, "ANTHROPIC_ENVIRONMENT_ID=" + envID, "ANTHROPIC_ENVIRONMENT_KEY=" + envKey},
+		"worker", "--state-dir", state, "--runtime", "process", "--insecure-process-runtime", "--admin-listen", "off",
+		"--max-idle", "2s", "--policy", "testdata/policies/ask.yaml")
+	id := newSession(t, op, "e2e-gated-once")
+	w.waitLog(regexp.MustCompile(`the operator at the terminal decides[\s\S]*approve\? \[y/N`))
+	if _, err := ptmx.Write([]byte("y\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitPassed(t, op, id)
+	var recs []approval.Record
+	if err := json.Unmarshal([]byte(approvalsCLI(t, "--state-dir", state, "list", "--all", "--json")), &recs); err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) == 0 || !strings.HasPrefix(recs[0].DecidedBy, "human:") || !strings.HasSuffix(recs[0].DecidedBy, "(terminal)") {
+		t.Errorf("decisions: %+v", recs)
+	}
 }

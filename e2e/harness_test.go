@@ -42,8 +42,18 @@ type proc struct {
 
 func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
+	return startProcStdin(t, name, nil, env, args...)
+}
+
+// startProcStdin is startProc with stdin (a terminal, say) as the
+// process's standard input.
+func startProcStdin(t *testing.T, name string, stdin *os.File, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(testenv.Binary(t), args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
 	p := &proc{t: t, name: name, cmd: cmd, out: &testenv.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {

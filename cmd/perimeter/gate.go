@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/term"
 
 	"github.com/perimeterhq/perimeter/internal/approval"
 	"github.com/perimeterhq/perimeter/internal/approval/notify"
@@ -51,8 +52,14 @@ func newGate(ctx context.Context, cfg *config.Config, reg prometheus.Registerer,
 	if err != nil {
 		return nil, err
 	}
+	var terminal *approval.Terminal
+	if !cfg.Approvals.NoPrompt && term.IsTerminal(int(os.Stdin.Fd())) {
+		// A human is at the worker's terminal: calls a rule asks about are
+		// put to them too.
+		terminal = approval.NewTerminal(os.Stdin, os.Stderr, cmp.Or(currentUser(), "terminal"))
+	}
 	g, err := approval.NewGate(approval.GateOptions{
-		Policy: p, Store: store, Notifiers: notifiers, Labels: cfg.Policy.Labels,
+		Policy: p, Store: store, Notifiers: notifiers, Labels: cfg.Policy.Labels, Terminal: terminal,
 		Logger: log.With(slog.String("component", "policy")), Registerer: reg,
 	})
 	if err != nil {

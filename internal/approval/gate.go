@@ -28,6 +28,9 @@ type GateOptions struct {
 	Notifiers []notify.Notifier
 	// Labels are the environment labels policy conditions see.
 	Labels map[string]string
+	// Terminal, when set, also prompts the human at the worker's terminal
+	// about calls a rule says ask for.
+	Terminal *Terminal
 	// Instructions tells reviewers how to decide a request; %s is its id.
 	Instructions string
 	// Poll is how often a waiting call looks for a decision made by another
@@ -210,6 +213,19 @@ func (g *Gate) wait(ctx context.Context, r Record) (Record, error) {
 	}
 	log.Info("waiting for a decision", slog.String("policy", r.Policy), slog.Time("deadline", r.Deadline))
 	wake := g.waiter(r.ToolUseID)
+	if term := g.opts.Terminal; term != nil && r.Policy == "ask" {
+		tctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			allow, reason, ok := term.Ask(tctx, r)
+			if !ok {
+				return
+			}
+			if _, err := g.Decide(context.WithoutCancel(ctx), r.ToolUseID, allow, "human:"+term.who+" (terminal)", reason, nil); err != nil {
+				log.Warn("the terminal's answer was not recorded", slog.Any("error", err))
+			}
+		}()
+	}
 	defer g.dropWaiter(r.ToolUseID)
 	t := time.NewTicker(g.opts.Poll)
 	defer t.Stop()

@@ -50,6 +50,9 @@ type Approvals struct {
 	// shares them between workers anywhere (its password may come from
 	// PGPASSWORD instead).
 	Store string `yaml:"store"`
+	// NoPrompt stops the worker from asking at its terminal about calls a
+	// rule says ask for (it does when standard input is a terminal).
+	NoPrompt bool `yaml:"no_prompt"`
 	// Channels are the notification channels policy rules name.
 	Channels map[string]Channel `yaml:"channels"`
 }
