@@ -348,15 +348,11 @@ func (r *Runtime) args(l layout) ([]string, error) {
 	return a, nil
 }
 
-// sandboxdCommand runs sandboxd in the sandbox. bwrap sets PWD; env(1)
-// removes it again (or restores Spec.Env's value), so that sandboxd's
-// environment is exactly Spec.Env.
-func sandboxdCommand(env map[string]string) []string {
-	cmd := []string{"/usr/bin/env", "-u", "PWD"}
-	if pwd, ok := env["PWD"]; ok {
-		cmd = append(cmd, "PWD="+pwd)
-	}
-	return append(cmd, sandboxBinary, "sandboxd", "--workdir", sandboxWorkspace)
+// sandboxdCommand runs sandboxd in the sandbox. bwrap sets PWD to the
+// working directory, /workspace, after the spec's environment, as a shell
+// would (and every shell the tools start resets its own PWD anyway).
+func sandboxdCommand() []string {
+	return []string{sandboxBinary, "sandboxd", "--workdir", sandboxWorkspace}
 }
 
 // probe starts one sandbox that runs `sh -c "exit 0"`, in a throw-away cgroup, to

@@ -96,7 +96,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		name:    leafName(spec.SessionID),
 		layout:  layout{env: spec.Env, tmpBytes: limits.TmpBytes, workspace: ws},
 		limits:  limits,
-		command: sandboxdCommand(spec.Env),
+		command: sandboxdCommand(),
 		into:    r.intoCgroup,
 		stdin:   p.StdinR,
 		stdout:  p.StdoutW,
