@@ -447,7 +447,6 @@ func TestBwrapSandboxdStartsWithExactlyTheSpecEnvironment(t *testing.T) {
 	}
 }
 
-
 func TestBwrapSandboxDoesNotInheritTheWorkersDescriptors(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "worker-private")
 	if err := os.WriteFile(path, []byte("private"), 0o600); err != nil {
