@@ -38,3 +38,4 @@ check: ## gofmt, go vet and staticcheck
 bench: build ## Run the benchmarks and print ratios against the in-run baselines (bench/README.md)
 	$(GO) run ./bench/roundtrip -perimeter ./$(BIN)
 	$(GO) run ./bench/sandboxstart -sandboxd ./bin/perimeter-sandboxd -perimeter ./$(BIN)
+	$(GO) run ./bench/decision

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -266,5 +267,43 @@ func TestAPlatformConfirmationIsRecordedAsTheDecider(t *testing.T) {
 	c.Platform = "ask"
 	if err := g.BeforeCall(context.Background(), c); err == nil {
 		t.Error("a rule's deny was lifted by the platform's confirmation")
+	}
+}
+
+// Attack: the SDK's tools decode their input with encoding/json, which
+// matches keys case-insensitively, so {"Command": …} runs as a command
+// while a condition on input.command sees no such key. A deny rule's
+// condition that cannot be evaluated counts as true, so the call is denied;
+// an allow rule's counts as false, so it is not allowed by it.
+func TestAMiscasedKeyCannotSlipPastARule(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(`version: 1
+default: {decision: allow}
+rules:
+  - name: no recursive deletes
+    tools: [bash]
+    when: 'input.command.matches("rm\\s+-rf")'
+    decision: deny
+    message: recursive deletes are not allowed
+  - name: docs edits pass
+    tools: [edit]
+    when: 'input.file_path.startsWith("docs/")'
+    decision: allow
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
+	if err := g.SetPolicy(p); err != nil {
+		t.Fatal(err)
+	}
+	for i, input := range []string{
+		`{"Command":"rm -rf /"}`,
+		`{"command":"ls","Command":"rm -rf /"}`,
+		`{"COMMAND":"rm -rf /"}`,
+	} {
+		err := g.BeforeCall(context.Background(), call(fmt.Sprintf("sevt_%d", i), "bash", input))
+		if err == nil || !strings.Contains(err.Error(), "recursive deletes are not allowed") {
+			t.Errorf("%s: %v, want the deny rule's message", input, err)
+		}
 	}
 }
