@@ -121,6 +121,9 @@ func TestGatedWritesAreDecidedFromTheCLI(t *testing.T) {
 	if r.Rule != "writes need a human" || r.Policy != "defer" || r.SessionID != id {
 		t.Errorf("request: %+v", r)
 	}
+	// A waiting call holds its session: the lease (3s here) keeps beating
+	// while nobody decides, and no other worker is handed the item.
+	time.Sleep(7 * time.Second)
 	show := approvalsCLI(t, append(target, "show", r.ToolUseID)...)
 	for _, want := range []string{"writes need a human", `"file_path": "approved.txt"`, r.InputSHA256} {
 		if !strings.Contains(show, want) {
@@ -155,6 +158,9 @@ func TestGatedWritesAreDecidedFromTheCLI(t *testing.T) {
 		if decided[k] != v {
 			t.Errorf("%q: %q, want %q", k, decided[k], v)
 		}
+	}
+	if strings.Contains(w.out.String(), "lease lost") {
+		t.Error("the lease was lost while a call waited for a decision")
 	}
 	ids, bad := rcv.deliveries()
 	if len(bad) > 0 || len(ids) != 3 {
