@@ -26,6 +26,9 @@ func main() {
 	}
 	fs := flag.NewFlagSet("perimeter sandboxd", flag.ContinueOnError)
 	fs.SetOutput(os.Stderr) // standard output is the RPC channel
+	var o sandboxd.MainOptions
+	fs.StringVar(&o.EgressSocket, "egress-socket", "", "the session's egress proxy socket, bridged to --egress-listen inside the sandbox")
+	fs.StringVar(&o.EgressListen, "egress-listen", sandboxd.DefaultEgressListen, "where the egress bridge listens inside the sandbox")
 	workdir := fs.String("workdir", "", "directory the tools work in and the file tools are confined to (default /workspace if it exists, else the current directory)")
 	maxFileBytes := fs.Int64("max-file-bytes", 0, "largest file read and edit load whole; 0 means 256 KiB, negative means no limit")
 	if err := fs.Parse(args); err != nil {
@@ -37,7 +40,8 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := sandboxd.Main(ctx, *workdir, *maxFileBytes); err != nil {
+	o.Workdir, o.MaxFileBytes = *workdir, *maxFileBytes
+	if err := sandboxd.Main(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "perimeter sandboxd:", err)
 		os.Exit(1)
 	}

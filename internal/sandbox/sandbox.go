@@ -38,7 +38,26 @@ type Spec struct {
 	// [DefaultLimits]. Backends that cannot enforce a limit say so when
 	// they are created (and in `perimeter doctor`), never silently.
 	Limits Limits
+	// Egress, when set, is the sandbox's one way out: see [Egress].
+	Egress *Egress
 }
+
+// Egress is a session's egress proxy as a sandbox reaches it. The backend
+// mounts Socket (the proxy's unix socket on the host) at [EgressSocket]
+// and CABundle (the system roots plus the session's CA) at [CABundle] and
+// over the system bundle; sandboxd bridges the socket to a loopback port,
+// which the sandbox's HTTP_PROXY names. The sandbox has no other network.
+type Egress struct {
+	Socket   string
+	CABundle string
+}
+
+// Where a sandbox finds its egress proxy and the certificates it trusts.
+const (
+	EgressSocket   = "/run/perimeter/egress.sock"
+	CABundle       = "/run/perimeter/ca.pem"
+	SystemCABundle = "/etc/ssl/certs/ca-certificates.crt"
+)
 
 // Limits are a sandbox's resource bounds.
 type Limits struct {

@@ -8,11 +8,26 @@ import (
 	"syscall"
 )
 
+// MainOptions configures [Main].
+type MainOptions struct {
+	// Workdir: empty means /workspace if it exists, else the current
+	// directory.
+	Workdir      string
+	MaxFileBytes int64
+	// EgressSocket, when set, is the session's egress proxy socket, which
+	// sandboxd bridges to EgressListen inside the sandbox (see [Bridge]).
+	EgressSocket string
+	EgressListen string
+}
+
+// DefaultEgressListen is where the egress bridge listens in the sandbox.
+const DefaultEgressListen = "127.0.0.1:3128"
+
 // Main is the sandboxd process: it serves the RPC on the process's stdio
 // with the process's own environment (which the worker built from an
-// allow-list) as the tools' environment. An empty workdir means
-// /workspace if it exists, else the current directory.
-func Main(ctx context.Context, workdir string, maxFileBytes int64) error {
+// allow-list) as the tools' environment.
+func Main(ctx context.Context, o MainOptions) error {
+	workdir := o.Workdir
 	if workdir == "" {
 		workdir = "."
 		if fi, err := os.Stat("/workspace"); err == nil && fi.IsDir() {
@@ -31,7 +46,16 @@ func Main(ctx context.Context, workdir string, maxFileBytes int64) error {
 			env[k] = v
 		}
 	}
-	err := Serve(ctx, os.Stdin, os.Stdout, Options{Workdir: workdir, MaxFileBytes: maxFileBytes, Env: env})
+	if o.EgressSocket != "" {
+		listen := o.EgressListen
+		if listen == "" {
+			listen = DefaultEgressListen
+		}
+		if _, err := Bridge(ctx, listen, o.EgressSocket); err != nil {
+			return err
+		}
+	}
+	err := Serve(ctx, os.Stdin, os.Stdout, Options{Workdir: workdir, MaxFileBytes: o.MaxFileBytes, Env: env})
 	if ctx.Err() != nil {
 		return nil
 	}

@@ -272,6 +272,7 @@ type layout struct {
 	env       map[string]string
 	tmpBytes  int64
 	workspace string // host directory for /workspace; "" for none
+	egress    *sandbox.Egress
 }
 
 // args are bwrap's options for l, passed on the --args descriptor (so the
@@ -336,6 +337,13 @@ func (r *Runtime) args(l layout) ([]string, error) {
 	a = append(a, sized("1777", "/tmp")...)
 	a = append(a, sized("0700", sandboxHome)...)
 	a = append(a, "--ro-bind", r.binary, sandboxBinary)
+	if e := l.egress; e != nil {
+		// A socket in a read-only mount can still be connected to.
+		a = append(a, "--dir", "/run/perimeter",
+			"--ro-bind", e.Socket, sandbox.EgressSocket,
+			"--ro-bind", e.CABundle, sandbox.CABundle,
+			"--ro-bind", e.CABundle, sandbox.SystemCABundle)
+	}
 	if l.workspace != "" {
 		a = append(a, "--bind", l.workspace, sandboxWorkspace, "--chdir", sandboxWorkspace)
 	} else {
@@ -351,8 +359,12 @@ func (r *Runtime) args(l layout) ([]string, error) {
 // sandboxdCommand runs sandboxd in the sandbox. bwrap sets PWD to the
 // working directory, /workspace, after the spec's environment, as a shell
 // would (and every shell the tools start resets its own PWD anyway).
-func sandboxdCommand() []string {
-	return []string{sandboxBinary, "sandboxd", "--workdir", sandboxWorkspace}
+func sandboxdCommand(egress bool) []string {
+	cmd := []string{sandboxBinary, "sandboxd", "--workdir", sandboxWorkspace}
+	if egress {
+		cmd = append(cmd, "--egress-socket", sandbox.EgressSocket)
+	}
+	return cmd
 }
 
 // probe starts one sandbox that runs `sh -c "exit 0"`, in a throw-away cgroup, to

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -798,5 +799,63 @@ func TestBwrapCreateExplainsAWorkspaceTheSandboxUserCannotReach(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("err = %v\nwant it to say %q", err, want)
 		}
+	}
+}
+
+// The sandbox's one way out: the egress socket, bridged by sandboxd to
+// 127.0.0.1:3128, which HTTP_PROXY names; the session's CA bundle replaces
+// the system one.
+func TestBwrapSandboxReachesItsEgressProxyThroughTheBridge(t *testing.T) {
+	needPython(t)
+	dir, err := os.MkdirTemp(sharedDir, "egress-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "egress.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// The sandbox's uid must be able to connect.
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 1)
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case seen <- r.Method + " " + r.URL.String():
+		default:
+		}
+		fmt.Fprint(w, "answered by the egress proxy")
+	}))
+	bundle := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(bundle, []byte("-----BEGIN CERTIFICATE-----\nsession-ca-marker\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sb := create(t, newRuntime(t, bwrap.Options{}), sandbox.Spec{
+		Env:    map[string]string{"PATH": "/usr/bin:/bin", "HTTP_PROXY": "http://127.0.0.1:3128", "http_proxy": "http://127.0.0.1:3128"},
+		Egress: &sandbox.Egress{Socket: sock, CABundle: bundle},
+	})
+	res := python(t, sb, "import urllib.request\nprint(urllib.request.urlopen('http://upstream.example/path?q=1', timeout=10).read().decode())\n")
+	if res.IsError || !strings.Contains(res.Text, "answered by the egress proxy") {
+		t.Fatalf("request through the proxy: %+v", res)
+	}
+	if got := <-seen; got != "GET http://upstream.example/path?q=1" {
+		t.Errorf("the proxy saw %q", got)
+	}
+	for _, path := range []string{sandbox.SystemCABundle, sandbox.CABundle} {
+		res, err := sb.Exec(context.Background(), sandbox.Call{Tool: "bash", Input: []byte(`{"command":"cat ` + path + `"}`)})
+		if err != nil || !strings.Contains(res.Text, "session-ca-marker") {
+			t.Errorf("%s in the sandbox: %+v, %v", path, res, err)
+		}
+	}
+	// Without the proxy there is still no way out.
+	res = python(t, sb, "import socket\nsocket.create_connection(('1.1.1.1', 80), 2)\nprint('connected')\n")
+	if !res.IsError || strings.Contains(res.Text, "connected") {
+		t.Errorf("a direct connection left the sandbox: %+v", res)
 	}
 }

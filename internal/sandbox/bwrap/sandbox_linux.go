@@ -94,9 +94,9 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 	}()
 	b, err := r.boot(ctx, bootSpec{
 		name:    leafName(spec.SessionID),
-		layout:  layout{env: spec.Env, tmpBytes: limits.TmpBytes, workspace: ws},
+		layout:  layout{env: spec.Env, tmpBytes: limits.TmpBytes, workspace: ws, egress: spec.Egress},
 		limits:  limits,
-		command: sandboxdCommand(),
+		command: sandboxdCommand(spec.Egress != nil),
 		into:    r.intoCgroup,
 		stdin:   p.StdinR,
 		stdout:  p.StdoutW,
