@@ -20,11 +20,17 @@ fi
 
 # gVisor is registered as the runsc runtime. On some kernels it cannot set
 # up its own network stack, so sandboxes (which never have a network) run
-# it with --network=none.
+# it with --network=none; --host-uds=open lets a sandbox connect to the one
+# host socket mounted into it, its egress proxy's.
 mkdir -p /etc/docker
-want='{"runtimes":{"runsc":{"path":"/usr/bin/runsc","runtimeArgs":["--network=none"]}}}'
-if [ ! -f /etc/docker/daemon.json ] || ! grep -q runsc /etc/docker/daemon.json; then
+want='{"runtimes":{"runsc":{"path":"/usr/bin/runsc","runtimeArgs":["--network=none","--host-uds=open"]}}}'
+if [ ! -f /etc/docker/daemon.json ] || [ "$(cat /etc/docker/daemon.json)" != "$want" ]; then
   echo "$want" > /etc/docker/daemon.json
+  # A running dockerd reloads its runtimes on SIGHUP.
+  if [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    kill -HUP "$(cat /var/run/docker.pid)"
+    sleep 1
+  fi
 fi
 
 if ! docker info >/dev/null 2>&1; then

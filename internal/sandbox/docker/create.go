@@ -104,7 +104,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		// it exactly sandboxd's environment, without the HOSTNAME the
 		// engine adds or the HOME runc adds.
 		Env:        env,
-		Entrypoint: slices.Concat([]string{"/usr/bin/env", "-i", "--"}, env, []string{containerBinary, "sandboxd", "--workdir", containerWorkspace}),
+		Entrypoint: slices.Concat([]string{"/usr/bin/env", "-i", "--"}, env, sandboxdArgs(spec.Egress != nil)),
 		WorkingDir: containerWorkspace,
 		Image:      r.image,
 		Labels:     labels,
@@ -142,10 +142,10 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 			"/tmp":        tmpfs + ",mode=1777",
 			containerHome: fmt.Sprintf("%s,mode=0700,uid=%d,gid=%d", tmpfs, image.UID, image.GID),
 		},
-		Mounts: []mount.Mount{
+		Mounts: append([]mount.Mount{
 			{Type: mount.TypeBind, Source: ws, Target: containerWorkspace},
 			{Type: mount.TypeBind, Source: r.binary, Target: containerBinary, ReadOnly: true},
-		},
+		}, egressMounts(spec.Egress)...),
 		Resources: container.Resources{
 			Memory:     limits.MemoryBytes,
 			MemorySwap: limits.MemoryBytes, // no swap beyond the memory limit
@@ -303,3 +303,26 @@ func shortID(id string) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// sandboxdArgs is sandboxd's command line in the container.
+func sandboxdArgs(egress bool) []string {
+	args := []string{containerBinary, "sandboxd", "--workdir", containerWorkspace}
+	if egress {
+		args = append(args, "--egress-socket", sandbox.EgressSocket)
+	}
+	return args
+}
+
+// egressMounts put the session's egress socket and CA bundle where the
+// sandbox expects them (see [sandbox.Egress]). A socket in a read-only
+// mount can still be connected to.
+func egressMounts(e *sandbox.Egress) []mount.Mount {
+	if e == nil {
+		return nil
+	}
+	return []mount.Mount{
+		{Type: mount.TypeBind, Source: e.Socket, Target: sandbox.EgressSocket, ReadOnly: true},
+		{Type: mount.TypeBind, Source: e.CABundle, Target: sandbox.CABundle, ReadOnly: true},
+		{Type: mount.TypeBind, Source: e.CABundle, Target: sandbox.SystemCABundle, ReadOnly: true},
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -603,5 +605,50 @@ print("attached" if r == 0 else os.strerror(ctypes.get_errno()))'`)
 
 	if _, err := docker.New(docker.Options{Image: "sha256:" + strings.Repeat("0", 64), Binary: "/bin/sh", SeccompProfile: filepath.Join(t.TempDir(), "missing.json")}); err == nil {
 		t.Error("New accepted a seccomp profile that does not exist")
+	}
+}
+
+// The sandbox's one way out is the egress socket, bridged by sandboxd to
+// 127.0.0.1:3128; the session's CA bundle replaces the system one.
+func TestSandboxReachesItsEgressProxyThroughTheBridge(t *testing.T) {
+	for _, oci := range ociRuntimes {
+		t.Run(oci, func(t *testing.T) {
+			rt := newRuntime(t, oci)
+			dir := t.TempDir()
+			sock := filepath.Join(dir, "egress.sock")
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			if err := os.Chmod(sock, 0o666); err != nil { // the sandbox's uid connects
+				t.Fatal(err)
+			}
+			go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "proxy saw %s %s", r.Method, r.URL)
+			}))
+			bundle := filepath.Join(dir, "ca.pem")
+			if err := os.WriteFile(bundle, []byte("session-ca-marker\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			sb, err := rt.Create(ctx, sandbox.Spec{
+				SessionID: "sesn_egress_" + randomHex(4), Workspace: t.TempDir(),
+				Env:    map[string]string{"PATH": "/usr/bin:/bin", "http_proxy": "http://127.0.0.1:3128"},
+				Egress: &sandbox.Egress{Socket: sock, CABundle: bundle},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sb.Close(context.Background())
+			out := ok(t, sb, `python3 -c "import urllib.request; print(urllib.request.urlopen('http://upstream.example/p', timeout=10).read().decode())"`)
+			if !strings.Contains(out, "proxy saw GET http://upstream.example/p") {
+				t.Errorf("through the proxy: %q", out)
+			}
+			if out := ok(t, sb, "cat "+sandbox.SystemCABundle+" "+sandbox.CABundle); strings.Count(out, "session-ca-marker") != 2 {
+				t.Errorf("CA bundles in the sandbox: %q", out)
+			}
+		})
 	}
 }
