@@ -85,6 +85,10 @@ Credentials come from the environment, never from flags:
   ANTHROPIC_ENVIRONMENT_KEY   its environment key (sk-ant-oat01-…)
   ANTHROPIC_BASE_URL          optional; point at 'perimeter controlplane' for offline use
 
+Every tool call is decided by the policy (--policy; default: the built-in
+one, which asks a human about write, edit and bash: see 'perimeter policy
+default' and 'perimeter approvals'). SIGHUP reloads the policy file.
+
 SIGTERM drains: no new claims, in-flight calls finish (up to --drain-timeout),
 items are released for another worker, and the process exits 0.
 
@@ -92,7 +96,7 @@ Example, against the embedded control plane:
   perimeter controlplane --scenarios examples/scenarios &
   ANTHROPIC_BASE_URL=http://127.0.0.1:8787 ANTHROPIC_ENVIRONMENT_ID=env_default \
   ANTHROPIC_ENVIRONMENT_KEY=sk-ant-oat01-perimeter-dev \
-  perimeter worker --insecure-process-runtime`,
+  perimeter worker --insecure-process-runtime --policy examples/policies/allow-all.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.load()
