@@ -1,0 +1,92 @@
+package egress
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"strconv"
+	"testing"
+)
+
+// BenchmarkSmallGET is one small GET on a kept-alive connection to a
+// loopback server, directly and through the proxy (over a unix socket):
+// the difference is what the proxy adds to a request.
+func BenchmarkSmallGET(b *testing.B) {
+	up := newUpstream(b, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	e := startProxy(b, Options{Rules: []Rule{{Name: "plain", Hosts: []string{"plain.test"}, Ports: []int{up.port}, AllowPrivate: true}}}, onUnixSocket)
+	direct := &http.Client{Transport: &http.Transport{}}
+	b.Cleanup(direct.CloseIdleConnections)
+	for _, bc := range []struct {
+		name   string
+		client *http.Client
+		url    string
+	}{
+		{"direct", direct, up.URL + "/"},
+		{"proxy", e.client(nil), fmt.Sprintf("http://plain.test:%d/", up.port)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				resp, err := bc.client.Get(bc.url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatal(resp.Status)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDownload is an 8 MiB HTTPS download, directly and through the
+// proxy with TLS interception, a credential substituted in the request
+// and the response redacted as it streams.
+func BenchmarkDownload(b *testing.B) {
+	const size = 8 << 20
+	// Random bytes, like the compressed archives most large downloads are.
+	payload := make([]byte, size)
+	_, _ = mrand.NewChaCha8([32]byte{}).Read(payload)
+	pki := newTestPKI(b)
+	up := newUpstream(b, pki, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
+		w.Write(payload)
+	}))
+	ph := NewPlaceholder("token")
+	e := startProxy(b, Options{
+		RootCAs:     pki.pool,
+		Rules:       []Rule{{Name: "dl", Hosts: []string{"dl.test"}, Ports: []int{up.port}, AllowPrivate: true}},
+		Credentials: []Credential{{Name: "token", Placeholder: ph, Hosts: []string{"dl.test"}}},
+		Secrets:     &staticSecrets{values: map[string]string{"token": "tok_" + newCanary()}},
+	}, onUnixSocket)
+	direct := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.pool, ServerName: "dl.test"}}}
+	b.Cleanup(direct.CloseIdleConnections)
+	for _, bc := range []struct {
+		name   string
+		client *http.Client
+		url    string
+	}{
+		{"direct", direct, up.URL + "/"},
+		{"intercepted", e.client(nil), fmt.Sprintf("https://dl.test:%d/", up.port)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(size)
+			for b.Loop() {
+				req, _ := http.NewRequest("GET", bc.url, nil)
+				req.Header.Set("Authorization", "Bearer "+ph)
+				resp, err := bc.client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if n != size {
+					b.Fatalf("read %d bytes", n)
+				}
+			}
+		})
+	}
+}

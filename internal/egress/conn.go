@@ -1,0 +1,192 @@
+package egress
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// sandboxConn is a connection from the sandbox. Closing it frees its place
+// under Options.MaxConns, and forgets it in the set of connections the
+// Proxy closes itself (those taken over from the HTTP server).
+type sandboxConn struct {
+	net.Conn
+	p    *Proxy
+	once sync.Once
+}
+
+func (c *sandboxConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.p.untrack(c)
+		<-c.p.connSlots
+	})
+	return err
+}
+
+// limitListener admits as many connections as the Proxy has slots.
+type limitListener struct {
+	net.Listener
+	p *Proxy
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.p.connSlots <- struct{}{}:
+	case <-l.p.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.p.connSlots
+		return nil, err
+	}
+	return &sandboxConn{Conn: c, p: l.p}, nil
+}
+
+// prefixConn returns prefix before reading from the connection: bytes a
+// reader had already buffered when the connection was taken over.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// innerConn is a connection inside an intercepted tunnel, with the target
+// the sandbox asked to CONNECT to.
+type innerConn struct {
+	net.Conn
+	target target
+	// batch, when set, is under the TLS connection: each Write's records
+	// leave in one system call rather than one per record.
+	batch *batchConn
+}
+
+func (c *innerConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if c.batch != nil {
+		if ferr := c.batch.flush(); err == nil {
+			err = ferr
+		}
+	}
+	return n, err
+}
+
+// batchConn holds what is written to it until flushed, or until it reads
+// (a handshake waits for an answer to what it wrote) or closes.
+type batchConn struct {
+	net.Conn
+	mu  sync.Mutex
+	buf []byte // guarded by mu
+	err error  // guarded by mu: the first write error, returned from then on
+}
+
+// maxBatch is the most a batchConn holds before it writes anyway.
+const maxBatch = 256 << 10
+
+func (c *batchConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	c.buf = append(c.buf, b...)
+	if len(c.buf) >= maxBatch {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), nil
+}
+
+func (c *batchConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *batchConn) flushLocked() error {
+	if c.err != nil || len(c.buf) == 0 {
+		return c.err
+	}
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	c.err = err
+	return err
+}
+
+func (c *batchConn) Read(b []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *batchConn) Close() error {
+	_ = c.flush()
+	return c.Conn.Close()
+}
+
+// SetWriteDeadline sends what is held first, under the deadline in force
+// when it was written: TLS sets a deadline of "now" after its close_notify
+// alert, which would otherwise never leave.
+func (c *batchConn) SetWriteDeadline(t time.Time) error {
+	_ = c.flush()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *batchConn) SetDeadline(t time.Time) error {
+	_ = c.flush()
+	return c.Conn.SetDeadline(t)
+}
+
+// connQueue is the listener of the server that reads intercepted tunnels:
+// the CONNECT handler hands each one over through it.
+type connQueue struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue() *connQueue {
+	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// push hands c over, or reports false if the queue is closed.
+func (q *connQueue) push(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return queueAddr{} }
+
+type queueAddr struct{}
+
+func (queueAddr) Network() string { return "intercepted" }
+func (queueAddr) String() string  { return "intercepted" }

@@ -1,0 +1,314 @@
+package egress
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// pattern is a byte string to find in a stream, and what replaces it.
+type pattern struct {
+	text []byte
+	repl []byte
+	id   int // which credential the pattern belongs to
+}
+
+// matcher finds patterns: the leftmost match first and, of those starting
+// at one position, the longest. It is a Wu–Manber search: a window as long
+// as the shortest pattern slides over the text, and the last two bytes of
+// the window say how far it may slide without passing a match. On text
+// that shares little with the patterns it moves by nearly a window at a
+// time, so a body is checked for every form of every value in about one
+// pass, however many forms there are.
+type matcher struct {
+	pats   []pattern // longest first
+	maxLen int
+	win    int     // window: the shortest pattern, at most maxWindow
+	blk    int     // bytes per block: 2, or 1 if win is 1
+	shift  []uint8 // by block at the window's end: how far to slide
+	// cands lists, by block, the patterns whose window ends with it,
+	// longest first.
+	cands map[int][]int
+}
+
+// maxWindow keeps shifts within a byte.
+const maxWindow = 200
+
+func newMatcher(pats []pattern) *matcher {
+	pats = slices.Clone(pats)
+	slices.SortStableFunc(pats, func(a, b pattern) int { return len(b.text) - len(a.text) })
+	m := &matcher{pats: pats, win: maxWindow, blk: 2, cands: map[int][]int{}}
+	for _, p := range pats {
+		m.maxLen = max(m.maxLen, len(p.text))
+		m.win = min(m.win, len(p.text))
+	}
+	if m.win < 2 {
+		m.blk = 1
+	}
+	m.shift = make([]uint8, 1<<(8*m.blk))
+	for b := range m.shift {
+		m.shift[b] = uint8(m.win - m.blk + 1)
+	}
+	for k, p := range pats {
+		for q := m.blk - 1; q < m.win; q++ {
+			b := block(p.text, q, m.blk)
+			m.shift[b] = min(m.shift[b], uint8(m.win-1-q))
+		}
+		b := block(p.text, m.win-1, m.blk)
+		m.cands[b] = append(m.cands[b], k)
+	}
+	return m
+}
+
+// block is the blk bytes of b that end at i.
+func block(b []byte, i, blk int) int {
+	if blk == 1 {
+		return int(b[i])
+	}
+	return int(b[i-1])<<8 | int(b[i])
+}
+
+// scan finds the matches in src and returns how much of src it consumed.
+// If there was a match, it appends the consumed text to dst with every
+// match replaced, and reports matched; if not, dst is untouched and the
+// consumed text is src[:used] as it is, which saves a copy.
+//
+// Unless final, it stops before the shortest tail of src that could still
+// become a match once more input follows; the caller passes that tail
+// again, with the input that follows it. This bounds the look-behind to
+// the longest pattern, and holds nothing back when the text cannot
+// continue into a match (a stream of events is not delayed). onMatch, if
+// set, sees each match before it is replaced; its error ends the scan.
+func (m *matcher) scan(dst, src []byte, final bool, onMatch func(*pattern) error) (out []byte, used int, matched bool, err error) {
+	i := 0 // src[:i] is handled
+	for pos := m.win - 1; pos < len(src); {
+		b := block(src, pos, m.blk)
+		if sh := m.shift[b]; sh > 0 {
+			pos += int(sh)
+			continue
+		}
+		at, best := pos-m.win+1, -1
+		for _, k := range m.cands[b] {
+			if bytes.HasPrefix(src[at:], m.pats[k].text) {
+				best = k
+				break
+			}
+		}
+		if best < 0 {
+			pos++
+			continue
+		}
+		p := &m.pats[best]
+		if !final && at+m.maxLen > len(src) {
+			// Near the end, a longer match may start here or before
+			// and finish in input still to come.
+			if h := m.holdFrom(src, i); h <= at {
+				if matched {
+					dst = append(dst, src[i:h]...)
+				}
+				return dst, h, matched, nil
+			}
+		}
+		if onMatch != nil {
+			if err := onMatch(p); err != nil {
+				return dst, i, matched, err
+			}
+		}
+		dst = append(dst, src[i:at]...)
+		dst = append(dst, p.repl...)
+		matched = true
+		i = at + len(p.text)
+		pos = i + m.win - 1
+	}
+	end := len(src)
+	if !final {
+		end = m.holdFrom(src, i)
+	}
+	if matched {
+		dst = append(dst, src[i:end]...)
+	}
+	return dst, end, matched, nil
+}
+
+// holdFrom returns the start of the longest tail of src[from:] that is a
+// proper prefix of some pattern, or len(src).
+func (m *matcher) holdFrom(src []byte, from int) int {
+	h := len(src)
+	for _, p := range m.pats {
+		for j := max(from, len(src)-len(p.text)+1); j < h; j++ {
+			k := bytes.IndexByte(src[j:h], p.text[0])
+			if k < 0 {
+				break
+			}
+			j += k
+			if bytes.HasPrefix(p.text, src[j:]) {
+				h = j
+				break
+			}
+		}
+	}
+	return h
+}
+
+// replace returns s with every match replaced, and whether there was one.
+func (m *matcher) replace(s string) (string, bool) {
+	found := false
+	for _, p := range m.pats {
+		if strings.Contains(s, string(p.text)) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return s, false
+	}
+	out, _, _, _ := m.scan(nil, []byte(s), true, nil)
+	return string(out), true
+}
+
+// chunk is how much a filter reads from its source at once.
+const chunk = 64 << 10
+
+// filter is a reader that passes its source through a matcher: it replaces
+// patterns (redaction), or stops at the first one onMatch refuses (a
+// request body carrying a placeholder it must not).
+type filter struct {
+	src     io.Reader
+	m       *matcher
+	onMatch func(*pattern) error
+	// full makes each fill read until its buffer is full: fewer, larger
+	// scans and writes, for a body whose reader does not wait for it.
+	full bool
+	// in is the input: in[:lent] is being returned as it is (out is a
+	// slice of it), and after it comes a held tail, then new reads.
+	in   []byte
+	lent int
+	buf  []byte // output with replacements; out may be a slice of it
+	out  []byte // what Read returns next
+	err  error  // returned once out is drained
+}
+
+func newFilter(src io.Reader, m *matcher, onMatch func(*pattern) error) *filter {
+	return &filter{
+		src:     src,
+		m:       m,
+		onMatch: onMatch,
+		in:      make([]byte, 0, chunk+m.maxLen),
+	}
+}
+
+func (f *filter) Read(b []byte) (int, error) {
+	for len(f.out) == 0 {
+		if f.err != nil {
+			return 0, f.err
+		}
+		f.fill()
+	}
+	n := copy(b, f.out)
+	f.out = f.out[n:]
+	return n, nil
+}
+
+// WriteTo writes the rest of the filtered stream to w, without copying
+// what it does not change.
+func (f *filter) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for {
+		for len(f.out) == 0 {
+			if f.err == io.EOF {
+				return n, nil
+			}
+			if f.err != nil {
+				return n, f.err
+			}
+			f.fill()
+		}
+		k, err := w.Write(f.out)
+		n += int64(k)
+		f.out = f.out[k:]
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+func (f *filter) fill() {
+	if f.lent > 0 {
+		f.in = f.in[:copy(f.in, f.in[f.lent:])]
+		f.lent = 0
+	}
+	var n int
+	var err error
+	if f.full {
+		n, err = io.ReadFull(f.src, f.in[len(f.in):cap(f.in)])
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
+	} else {
+		n, err = f.src.Read(f.in[len(f.in):cap(f.in)])
+	}
+	f.in = f.in[:len(f.in)+n]
+	final := err != nil
+	out, used, matched, merr := f.m.scan(f.buf[:0], f.in, final, f.onMatch)
+	if merr != nil {
+		f.out, f.in, f.err = nil, f.in[:0], merr
+		return
+	}
+	if matched {
+		f.buf, f.out = out, out
+		f.in = f.in[:copy(f.in, f.in[used:])]
+	} else {
+		f.out, f.lent = f.in[:used], used
+	}
+	if final {
+		f.err = err
+	}
+}
+
+// minFragment is the shortest base64 fragment of a value that is redacted;
+// shorter ones would match by chance.
+const minFragment = 6
+
+// secretForms returns the forms of a value that an upstream may send back:
+// as is, URL-escaped, JSON-escaped, and base64 (standard and URL alphabets)
+// at each of the three alignments it can have inside a longer encoded text,
+// such as Basic credentials or an encoded dump of a request.
+func secretForms(value []byte) [][]byte {
+	forms := [][]byte{value}
+	add := func(b []byte) {
+		if len(b) > 0 && !slices.ContainsFunc(forms, func(f []byte) bool { return bytes.Equal(f, b) }) {
+			forms = append(forms, b)
+		}
+	}
+	add([]byte(url.QueryEscape(string(value))))
+	add([]byte(url.PathEscape(string(value))))
+	add(jsonEscape(value, true))
+	add(jsonEscape(value, false))
+	for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+		for k := range 3 {
+			e := enc.EncodeToString(append(make([]byte, k), value...))
+			// Characters that mix in bits of the unknown bytes around the
+			// value are left out: (8k+5)/6 at the start, the partial one
+			// at the end.
+			lo, hi := (8*k+5)/6, 8*(k+len(value))/6
+			if hi-lo >= minFragment {
+				add([]byte(e[lo:hi]))
+			}
+		}
+	}
+	return forms
+}
+
+// jsonEscape returns value as it appears inside a JSON string.
+func jsonEscape(value []byte, escapeHTML bool) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(escapeHTML)
+	_ = enc.Encode(string(value))
+	s := bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+	return s[1 : len(s)-1]
+}
