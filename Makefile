@@ -39,3 +39,4 @@ bench: build ## Run the benchmarks and print ratios against the in-run baselines
 	$(GO) run ./bench/roundtrip -perimeter ./$(BIN)
 	$(GO) run ./bench/sandboxstart -sandboxd ./bin/perimeter-sandboxd -perimeter ./$(BIN)
 	$(GO) run ./bench/decision
+	$(GO) run ./bench/egress
