@@ -149,13 +149,14 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 	}
 	switch {
 	case res.Decision == policy.Allow:
-		rec.State, rec.DecidedBy, rec.DecidedAt = Allowed, decider(res), now
+		// Decided and used at once: recording it is the only write.
+		rec.State, rec.DecidedBy, rec.DecidedAt, rec.UsedAt = Allowed, decider(res), now, now
 	case res.Decision == policy.Deny:
 		rec.State, rec.DecidedBy, rec.DecidedAt, rec.Reason = Denied, decider(res), now, res.Message
 	case res.Source == policy.SourcePlatform:
 		// The platform asked, and the runner only hands the call over
 		// once a user.tool_confirmation allowed it.
-		rec.State, rec.DecidedBy, rec.DecidedAt = Allowed, "platform", now
+		rec.State, rec.DecidedBy, rec.DecidedAt, rec.UsedAt = Allowed, "platform", now, now
 	default:
 		rec.State, rec.Deadline = Pending, now.Add(res.Deadline)
 	}
@@ -176,6 +177,9 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 		}
 	}
 	g.decisions.WithLabelValues(string(stored.State), byLabel(stored.DecidedBy)).Inc()
+	if created && rec.State == Allowed {
+		return nil // recorded as used when it was created
+	}
 	return g.apply(ctx, c, stored)
 }
 
@@ -188,15 +192,14 @@ func (g *Gate) apply(ctx context.Context, c *worker.Call, r Record) error {
 	if r.State == Denied {
 		return errors.New(denialText(r))
 	}
-	used, err := g.opts.Store.Use(context.WithoutCancel(ctx), r.ToolUseID, c.InputSHA256, g.opts.Now())
-	if err != nil {
+	if err := g.opts.Store.Use(context.WithoutCancel(ctx), r.ToolUseID, c.InputSHA256, g.opts.Now()); err != nil {
 		g.opts.Logger.Warn("refusing the call: its approval cannot be used", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
 		return fmt.Errorf("this call was not run: %v", err)
 	}
-	if len(used.EditedInput) > 0 {
+	if len(r.EditedInput) > 0 {
 		g.opts.Logger.Info("running the call with the input its approver edited", slog.String("tool_use_id", c.ToolUseID),
-			slog.String("decided_by", used.DecidedBy), slog.String("edited_sha256", used.EditedSHA256))
-		c.Input = used.EditedInput
+			slog.String("decided_by", r.DecidedBy), slog.String("edited_sha256", r.EditedSHA256))
+		c.Input = r.EditedInput
 	}
 	return nil
 }

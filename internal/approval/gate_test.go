@@ -52,7 +52,7 @@ type receiver struct {
 	errs []error
 }
 
-func newReceiver(t *testing.T) *receiver {
+func newReceiver(t testing.TB) *receiver {
 	r := &receiver{}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)
@@ -69,7 +69,7 @@ func newReceiver(t *testing.T) *receiver {
 	return r
 }
 
-func newGate(t *testing.T, dir, deadline string, rcv *receiver) *Gate {
+func newGate(t testing.TB, dir, deadline string, rcv *receiver) *Gate {
 	t.Helper()
 	p, err := policy.Parse("test.yaml", []byte(strings.Replace(testPolicy, "%s", deadline, 1)))
 	if err != nil {

@@ -187,21 +187,24 @@ func (s *Store) rebind(q string) string {
 func (s *Store) Close() error { return s.db.Close() }
 
 // Create stores r unless a record for its call exists; it returns the
-// stored record and whether it is r.
+// stored record and whether it is r. A record created already used (an
+// allow decided at once) costs one statement: the gate's every call.
 func (s *Store) Create(ctx context.Context, r Record) (Record, bool, error) {
 	res, err := s.exec(ctx, `INSERT INTO decisions (tool_use_id, session_id, work_id, worker_id, tool,
 		input, input_sha256, policy, rule, message, channels, allow_edit, state, decided_by, reason,
-		requested_at, deadline, decided_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tool_use_id) DO NOTHING`,
+		requested_at, deadline, decided_at, used_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tool_use_id) DO NOTHING`,
 		r.ToolUseID, r.SessionID, r.WorkID, r.WorkerID, r.Tool, string(r.Input), r.InputSHA256,
 		r.Policy, r.Rule, r.Message, strings.Join(r.Channels, ","), r.AllowEdit, r.State, r.DecidedBy, r.Reason,
-		nanos(r.RequestedAt), nanos(r.Deadline), nanos(r.DecidedAt))
+		nanos(r.RequestedAt), nanos(r.Deadline), nanos(r.DecidedAt), nanos(r.UsedAt))
 	if err != nil {
 		return Record{}, false, fmt.Errorf("record decision %s: %w", r.ToolUseID, err)
 	}
-	n, _ := res.RowsAffected()
+	if n, _ := res.RowsAffected(); n == 1 {
+		return r, true, nil
+	}
 	stored, err := s.Get(ctx, r.ToolUseID)
-	return stored, n == 1, err
+	return stored, false, err
 }
 
 // Get returns the record of a call.
@@ -297,27 +300,26 @@ func (s *Store) Notified(ctx context.Context, id string, now time.Time) (bool, e
 
 // Use consumes an allowed decision for the input hash it was given for.
 // An approval runs one call once: a second Use fails with ErrUsed.
-func (s *Store) Use(ctx context.Context, id, inputSHA256 string, now time.Time) (Record, error) {
+func (s *Store) Use(ctx context.Context, id, inputSHA256 string, now time.Time) error {
 	res, err := s.exec(ctx, `UPDATE decisions SET used_at = ? WHERE tool_use_id = ? AND state = ? AND used_at = 0 AND input_sha256 = ?`,
 		nanos(now), id, Allowed, inputSHA256)
 	if err != nil {
-		return Record{}, fmt.Errorf("use approval %s: %w", id, err)
+		return fmt.Errorf("use approval %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return nil
 	}
 	r, err := s.Get(ctx, id)
-	if err != nil {
-		return r, err
+	switch {
+	case err != nil:
+		return err
+	case r.State != Allowed:
+		return fmt.Errorf("%w: %s is %s", ErrNotPending, id, r.State)
+	case r.InputSHA256 != inputSHA256:
+		return ErrInputMismatch
+	default:
+		return ErrUsed
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		switch {
-		case r.State != Allowed:
-			return r, fmt.Errorf("%w: %s is %s", ErrNotPending, id, r.State)
-		case r.InputSHA256 != inputSHA256:
-			return r, ErrInputMismatch
-		default:
-			return r, ErrUsed
-		}
-	}
-	return r, nil
 }
 
 func (s *Store) query(ctx context.Context, where string, args ...any) ([]Record, error) {

@@ -62,19 +62,19 @@ func TestADecisionIsBoundToItsInputAndUsedOnce(t *testing.T) {
 		if _, _, err := s.Create(ctx, r); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Use(ctx, r.ToolUseID, r.InputSHA256, time.Now()); !errors.Is(err, ErrNotPending) {
+		if err := s.Use(ctx, r.ToolUseID, r.InputSHA256, time.Now()); !errors.Is(err, ErrNotPending) {
 			t.Fatalf("using an undecided request: %v, want ErrNotPending", err)
 		}
 		if _, err := s.Decide(ctx, r.ToolUseID, true, "human:alice", "ok", nil, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Use(ctx, r.ToolUseID, sha256Hex([]byte(`{"other":1}`)), time.Now()); !errors.Is(err, ErrInputMismatch) {
+		if err := s.Use(ctx, r.ToolUseID, sha256Hex([]byte(`{"other":1}`)), time.Now()); !errors.Is(err, ErrInputMismatch) {
 			t.Fatalf("using it for another input: %v, want ErrInputMismatch", err)
 		}
-		if _, err := s.Use(ctx, r.ToolUseID, r.InputSHA256, time.Now()); err != nil {
+		if err := s.Use(ctx, r.ToolUseID, r.InputSHA256, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Use(ctx, r.ToolUseID, r.InputSHA256, time.Now()); !errors.Is(err, ErrUsed) {
+		if err := s.Use(ctx, r.ToolUseID, r.InputSHA256, time.Now()); !errors.Is(err, ErrUsed) {
 			t.Fatalf("second use: %v, want ErrUsed", err)
 		}
 		if _, err := s.Decide(ctx, r.ToolUseID, false, "human:bob", "", nil, time.Now()); !errors.Is(err, ErrNotPending) {
@@ -108,7 +108,7 @@ func TestEditsNeedARuleThatAllowsThemAndAJSONObject(t *testing.T) {
 			t.Fatalf("edited approval: %+v, %v", r, err)
 		}
 		// The approval is still bound to the model's input.
-		if _, err := s.Use(ctx, "sevt_edit", pending("x", time.Time{}).InputSHA256, time.Now()); err != nil {
+		if err := s.Use(ctx, "sevt_edit", pending("x", time.Time{}).InputSHA256, time.Now()); err != nil {
 			t.Errorf("use with the original hash: %v", err)
 		}
 	})
