@@ -117,6 +117,8 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 	// accepts the process runtime when nothing stronger exists, and says so.
 	cfg.Anthropic.BaseURL, cfg.Anthropic.EnvironmentID = baseURL, controlplane.DefaultEnvironmentID
 	cfg.Worker.StateDir = filepath.Join(dir, "worker")
+	// The demo's terminal is the user's: its calls are not put to them.
+	cfg.Approvals.NoPrompt = true
 	if cfg.Policy.File == "" {
 		// Nobody is there to approve: the demo's calls are allowed, and
 		// still each decided and recorded by the gate.

@@ -47,13 +47,10 @@ func (s *runtimeSetup) Close() {
 // setupRuntime builds the configured runtime, or the strongest this host
 // offers when none is configured (proven by starting one sandbox), wraps it
 // in a warm pool when asked, and removes sandboxes a crashed worker with
-// the same id left behind.
+// the same id left behind. newWorker has prepared the state directory.
 func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*runtimeSetup, error) {
 	sc := cfg.Sandbox
 	s := &runtimeSetup{}
-	if err := worker.PrepareStateDir(cfg.Worker.StateDir); err != nil {
-		return nil, err
-	}
 	bin, err := sandboxbin.Path(filepath.Join(cfg.Worker.StateDir, "bin"))
 	if err != nil {
 		return nil, err
