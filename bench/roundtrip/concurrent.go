@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/perimeterhq/perimeter/examples"
 )
 
 // sampleEvery is how often the sampler reads the worker's RSS; every
@@ -55,9 +58,9 @@ func (r concurrentResult) workerPerSession() int64 {
 
 // runConcurrent starts `perimeter worker` as a subprocess serving p, runs
 // sessions sessions of perSession calls at once, and samples memory.
-func runConcurrent(ctx context.Context, p *plane, bin, stateDir string, sessions, perSession int) (concurrentResult, error) {
+func runConcurrent(ctx context.Context, p *benchPlane, bin, stateDir string, sessions, perSession int) (concurrentResult, error) {
 	res := concurrentResult{sessions: sessions, perSession: perSession}
-	if err := p.waitPollsOver(ctx); err != nil {
+	if err := p.WaitPollsOver(ctx); err != nil {
 		return res, err
 	}
 	w, err := startWorkerProc(p, bin, stateDir, sessions)
@@ -109,8 +112,8 @@ func runConcurrent(ctx context.Context, p *plane, bin, stateDir string, sessions
 
 // launch creates n sessions as the worker's next long poll begins, and
 // waits for them all to pass. It returns when the first was created.
-func launch(ctx context.Context, p *plane, n int) (time.Time, []string, error) {
-	if err := p.nextPoll(ctx); err != nil {
+func launch(ctx context.Context, p *benchPlane, n int) (time.Time, []string, error) {
+	if err := p.NextPoll(ctx); err != nil {
 		return time.Time{}, nil, err
 	}
 	start := time.Now()
@@ -122,7 +125,7 @@ func launch(ctx context.Context, p *plane, n int) (time.Time, []string, error) {
 }
 
 // createSessions creates n sessions back to back.
-func createSessions(ctx context.Context, p *plane, n int) ([]string, error) {
+func createSessions(ctx context.Context, p *benchPlane, n int) ([]string, error) {
 	ids := make([]string, 0, n)
 	for range n {
 		id, err := p.createSession(ctx, concurrentAgent)
@@ -136,7 +139,7 @@ func createSessions(ctx context.Context, p *plane, n int) ([]string, error) {
 
 // waitAll waits for every session's scenario to pass, one at a time, so the
 // polling stays light.
-func waitAll(ctx context.Context, p *plane, ids []string) error {
+func waitAll(ctx context.Context, p *benchPlane, ids []string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	for _, id := range ids {
@@ -154,7 +157,7 @@ type span struct {
 	results     int       // user.tool_result events
 }
 
-func eventSpan(ctx context.Context, p *plane, ids []string) (span, error) {
+func eventSpan(ctx context.Context, p *benchPlane, ids []string) (span, error) {
 	var sp span
 	for _, id := range ids {
 		evs, err := p.events(ctx, id)
@@ -277,13 +280,26 @@ type workerProc struct {
 
 const tailLines = 20
 
-func startWorkerProc(p *plane, bin, stateDir string, sessions int) (*workerProc, error) {
+func startWorkerProc(p *benchPlane, bin, stateDir string, sessions int) (*workerProc, error) {
+	// Nobody approves here: the calls pass the gate by the allow-all
+	// example policy (each still decided and recorded).
+	policy, err := examples.Policies.ReadFile("policies/allow-all.yaml")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(stateDir, 0o711); err != nil {
+		return nil, err
+	}
+	policyFile := filepath.Join(stateDir, "allow-all.yaml")
+	if err := os.WriteFile(policyFile, policy, 0o600); err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(bin, "worker", "--insecure-process-runtime",
 		"--max-sessions", strconv.Itoa(sessions), "--state-dir", stateDir,
-		"--admin-listen", "off", "--max-idle", "1s")
+		"--admin-listen", "off", "--max-idle", "1s", "--policy", policyFile)
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + stateDir,
-		"ANTHROPIC_BASE_URL=" + p.url, "ANTHROPIC_ENVIRONMENT_ID=" + envID, "ANTHROPIC_ENVIRONMENT_KEY=" + envKey,
+		"ANTHROPIC_BASE_URL=" + p.URL, "ANTHROPIC_ENVIRONMENT_ID=" + envID, "ANTHROPIC_ENVIRONMENT_KEY=" + envKey,
 	}
 	r, wr, err := os.Pipe()
 	if err != nil {

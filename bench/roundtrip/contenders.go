@@ -38,7 +38,7 @@ type contender struct {
 	// newRun returns a worker's Run serving the plane's queue with its state
 	// in dir, and what to call once Run has returned. t gets the time each
 	// call spends in the tool's Execute.
-	newRun func(p *plane, dir string, t *execTimer) (run func(context.Context) error, cleanup func(), err error)
+	newRun func(p *benchPlane, dir string, t *execTimer) (run func(context.Context) error, cleanup func(), err error)
 }
 
 // contenders are the SDK baseline and Perimeter, then, when tmpfs names a
@@ -67,9 +67,9 @@ func workerLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(io.Discar
 // tools are the default agent_toolset_20260401, each wrapped in a timer.
 func sdkContender() contender {
 	return contender{name: nameSDK, label: "SDK `EnvironmentWorker` (baseline)",
-		newRun: func(p *plane, dir string, t *execTimer) (func(context.Context) error, func(), error) {
+		newRun: func(p *benchPlane, dir string, t *execTimer) (func(context.Context) error, func(), error) {
 			idle := maxIdle
-			w := environments.NewEnvironmentWorker(p.workerClient(), environments.EnvironmentWorkerOptions{
+			w := environments.NewEnvironmentWorker(p.WorkerClient(), environments.EnvironmentWorkerOptions{
 				EnvironmentID: envID, EnvironmentKey: envKey, Workdir: dir, MaxIdle: &idle, Logger: workerLogger(),
 				ToolsFunc: func(env *agenttoolset.AgentToolContext) []anthropic.BetaTool {
 					return t.wrap(agenttoolset.BetaAgentToolset20260401(env))
@@ -84,9 +84,9 @@ func sdkContender() contender {
 // each call's gate time.
 func perimeterContender(name, label string, rt sandbox.Runtime, stateRoot string) contender {
 	return contender{name: name, label: label, stateRoot: stateRoot,
-		newRun: func(p *plane, dir string, t *execTimer) (func(context.Context) error, func(), error) {
+		newRun: func(p *benchPlane, dir string, t *execTimer) (func(context.Context) error, func(), error) {
 			w, err := worker.New(worker.Options{
-				Client: p.workerClient(), EnvironmentID: envID, EnvironmentKey: envKey,
+				Client: p.WorkerClient(), EnvironmentID: envID, EnvironmentKey: envKey,
 				Runtime: rt, StateDir: dir, MaxIdle: maxIdle, Logger: workerLogger(),
 				Hooks: []worker.Hook{t},
 			})

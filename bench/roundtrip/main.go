@@ -100,7 +100,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	defer p.close()
+	defer p.Close()
 	tmpfs := ""
 	if cfg.diagnose {
 		if tmpfs, err = tmpfsDir(); err != nil {
@@ -127,7 +127,7 @@ func run(ctx context.Context, cfg config) error {
 }
 
 // measureRoundTrips runs the round trips, under the CPU profile if asked.
-func (r *report) measureRoundTrips(ctx context.Context, p *plane, root string) error {
+func (r *report) measureRoundTrips(ctx context.Context, p *benchPlane, root string) error {
 	stopProfile, err := startProfile(r.cfg.cpuprofile)
 	if err != nil {
 		return err
@@ -139,7 +139,7 @@ func (r *report) measureRoundTrips(ctx context.Context, p *plane, root string) e
 
 // measureConcurrent runs the concurrent sessions, then, when tmpfs is set,
 // again with the worker's state there (a diagnostic of the journal's share).
-func (r *report) measureConcurrent(ctx context.Context, p *plane, bin, root, tmpfs string) error {
+func (r *report) measureConcurrent(ctx context.Context, p *benchPlane, bin, root, tmpfs string) error {
 	c := r.cfg
 	fmt.Fprintf(os.Stderr, "concurrent: %d sessions × %d calls on a perimeter worker subprocess\n", c.sessions, c.perSession)
 	var err error
@@ -156,7 +156,7 @@ func (r *report) measureConcurrent(ctx context.Context, p *plane, bin, root, tmp
 }
 
 // setUp writes the scenarios and starts the control plane.
-func setUp(root string, cfg config) (*plane, error) {
+func setUp(root string, cfg config) (*benchPlane, error) {
 	dir := filepath.Join(root, "scenarios")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err

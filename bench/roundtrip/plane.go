@@ -5,128 +5,38 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
-	"github.com/perimeterhq/perimeter/internal/controlplane"
+	"github.com/perimeterhq/perimeter/bench/internal/plane"
 )
 
-// The control plane's credentials. They only exist inside this process.
+// The control plane's credentials, shared with the in-process workers.
 const (
-	apiKey = "sk-ant-api-perimeter-bench"
-	envKey = "sk-ant-oat01-perimeter-bench"
-	envID  = controlplane.DefaultEnvironmentID
+	apiKey = plane.APIKey
+	envKey = plane.EnvKey
+	envID  = plane.EnvID
 )
 
-// plane is an embedded control plane served on 127.0.0.1, with an operator
-// client.
-type plane struct {
-	cp    *controlplane.Server
-	srv   *http.Server
-	url   string
-	op    anthropic.Client
-	polls chan struct{} // gets a token when a work poll arrives
-	// pollsOpen counts work polls being served. A poll whose worker has
-	// gone may still claim the next item, which then waits out the
-	// control plane's reclaim delay, so a new worker starts only once the
-	// last one's polls are over.
-	pollsOpen atomic.Int64
-}
+// benchPlane is the embedded control plane with what this bench asks of it.
+type benchPlane struct{ *plane.Plane }
 
-// startPlane serves a control plane whose agents are the scenario files in
-// scenarioDir. Its state is in memory.
-func startPlane(scenarioDir string) (*plane, error) {
-	cp, err := controlplane.New(controlplane.Options{
-		APIKey: apiKey, EnvironmentKey: envKey, ScenarioDir: scenarioDir,
-		TTL: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
-	})
+func startPlane(scenarioDir string) (*benchPlane, error) {
+	p, err := plane.Start(scenarioDir)
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cp.Close()
-		return nil, err
-	}
-	p := &plane{cp: cp, url: "http://" + ln.Addr().String(), polls: make(chan struct{}, 1)}
-	p.srv = &http.Server{Handler: p.notePolls(cp.Handler()), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = p.srv.Serve(ln) }()
-	p.op = anthropic.NewClient(option.WithBaseURL(p.url), option.WithAPIKey(apiKey))
-	return p, nil
-}
-
-// notePolls signals p.polls when a worker's work poll arrives.
-func (p *plane) notePolls(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/work/poll") {
-			p.pollsOpen.Add(1)
-			defer p.pollsOpen.Add(-1)
-			select {
-			case p.polls <- struct{}{}:
-			default:
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// nextPoll waits for a work poll that arrives after it is called. Work
-// created right then is claimed at once: the poll is a long poll the queue
-// wakes, whereas an idle SDK WorkPoller sleeps 1–3 s between empty polls.
-func (p *plane) nextPoll(ctx context.Context) error {
-	select {
-	case <-p.polls: // an earlier poll
-	default:
-	}
-	select {
-	case <-p.polls:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(30 * time.Second):
-		return errors.New("no work poll within 30s")
-	}
-}
-
-// waitPollsOver waits until no work poll is being served; a long poll
-// lasts under a second.
-func (p *plane) waitPollsOver(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for p.pollsOpen.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("a work poll is still open: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-// close ends the streams, then the server.
-func (p *plane) close() {
-	_ = p.cp.Close()
-	_ = p.srv.Close()
-}
-
-// workerClient is a client for an in-process worker, which authenticates
-// with the environment key and the items' sessions tokens.
-func (p *plane) workerClient() anthropic.Client {
-	return anthropic.NewClient(option.WithBaseURL(p.url), option.WithMaxRetries(1))
+	return &benchPlane{p}, nil
 }
 
 // createSession starts a session of agent_<scenario>.
-func (p *plane) createSession(ctx context.Context, scenario string) (string, error) {
-	s, err := p.op.Beta.Sessions.New(ctx, anthropic.BetaSessionNewParams{
+func (p *benchPlane) createSession(ctx context.Context, scenario string) (string, error) {
+	s, err := p.Op.Beta.Sessions.New(ctx, anthropic.BetaSessionNewParams{
 		Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + scenario)},
 		EnvironmentID: envID,
 	})
@@ -154,8 +64,8 @@ func (o outcome) String() string {
 	return b.String()
 }
 
-func (p *plane) outcome(ctx context.Context, sessionID string) (outcome, error) {
-	s, err := p.op.Beta.Sessions.Get(ctx, sessionID, anthropic.BetaSessionGetParams{})
+func (p *benchPlane) outcome(ctx context.Context, sessionID string) (outcome, error) {
+	s, err := p.Op.Beta.Sessions.Get(ctx, sessionID, anthropic.BetaSessionGetParams{})
 	if err != nil {
 		return outcome{}, fmt.Errorf("get session %s: %w", sessionID, err)
 	}
@@ -174,7 +84,7 @@ var errScenarioFailed = errors.New("scenario did not pass")
 
 // waitPassed polls the session until its scenario ends and returns an error
 // unless it passed.
-func (p *plane) waitPassed(ctx context.Context, sessionID string, every time.Duration) error {
+func (p *benchPlane) waitPassed(ctx context.Context, sessionID string, every time.Duration) error {
 	for {
 		o, err := p.outcome(ctx, sessionID)
 		if err != nil {
@@ -202,8 +112,8 @@ type event struct {
 }
 
 // events returns the session's event log, oldest first.
-func (p *plane) events(ctx context.Context, sessionID string) ([]event, error) {
-	iter := p.op.Beta.Sessions.Events.ListAutoPaging(ctx, sessionID, anthropic.BetaSessionEventListParams{Limit: anthropic.Int(1000)})
+func (p *benchPlane) events(ctx context.Context, sessionID string) ([]event, error) {
+	iter := p.Op.Beta.Sessions.Events.ListAutoPaging(ctx, sessionID, anthropic.BetaSessionEventListParams{Limit: anthropic.Int(1000)})
 	var out []event
 	for iter.Next() {
 		var e event
@@ -220,7 +130,7 @@ func (p *plane) events(ctx context.Context, sessionID string) ([]event, error) {
 
 // waitStopped waits until the session's work item is stopped, so the next
 // worker starts on an empty queue.
-func (p *plane) waitStopped(ctx context.Context, sessionID string) error {
+func (p *benchPlane) waitStopped(ctx context.Context, sessionID string) error {
 	for {
 		state, err := p.workState(ctx, sessionID)
 		if err != nil {
@@ -237,8 +147,8 @@ func (p *plane) waitStopped(ctx context.Context, sessionID string) error {
 	}
 }
 
-func (p *plane) workState(ctx context.Context, sessionID string) (anthropic.BetaSelfHostedWorkState, error) {
-	iter := p.op.Beta.Environments.Work.ListAutoPaging(ctx, envID, anthropic.BetaEnvironmentWorkListParams{Limit: anthropic.Int(100)},
+func (p *benchPlane) workState(ctx context.Context, sessionID string) (anthropic.BetaSelfHostedWorkState, error) {
+	iter := p.Op.Beta.Environments.Work.ListAutoPaging(ctx, envID, anthropic.BetaEnvironmentWorkListParams{Limit: anthropic.Int(100)},
 		option.WithHeaderDel("X-Api-Key"), option.WithAuthToken(envKey))
 	var state anthropic.BetaSelfHostedWorkState
 	for iter.Next() {

@@ -46,11 +46,11 @@ type roundResult struct {
 
 // roundTrip starts c on a fresh state directory, serves one session of the
 // given scenario, and stops it.
-func roundTrip(ctx context.Context, p *plane, c contender, dir, agent string, calls int) (roundResult, error) {
+func roundTrip(ctx context.Context, p *benchPlane, c contender, dir, agent string, calls int) (roundResult, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return roundResult{}, err
 	}
-	if err := p.waitPollsOver(ctx); err != nil {
+	if err := p.WaitPollsOver(ctx); err != nil {
 		return roundResult{}, err
 	}
 	var timer execTimer
@@ -83,7 +83,7 @@ func roundTrip(ctx context.Context, p *plane, c contender, dir, agent string, ca
 
 // serveOne creates a session, waits for its scenario to pass and its work
 // item to stop, and measures it from its event log.
-func serveOne(ctx context.Context, p *plane, agent string, calls int) (roundResult, error) {
+func serveOne(ctx context.Context, p *benchPlane, agent string, calls int) (roundResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	created := time.Now()
@@ -134,7 +134,7 @@ type roundTripResults map[string][]roundResult
 // runRoundTrips warms each contender up, then runs rounds rounds, each
 // contender once per round, in order on even rounds and in reverse on odd
 // ones (ABBA…), so drift on a noisy machine hits them alike.
-func runRoundTrips(ctx context.Context, p *plane, cs []contender, root string, rounds, calls int) (roundTripResults, error) {
+func runRoundTrips(ctx context.Context, p *benchPlane, cs []contender, root string, rounds, calls int) (roundTripResults, error) {
 	dir := func(c contender, what string) string {
 		return filepath.Join(cmp.Or(c.stateRoot, root), what+"-"+c.name)
 	}

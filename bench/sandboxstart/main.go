@@ -27,8 +27,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -43,7 +41,7 @@ import (
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
-	"github.com/perimeterhq/perimeter/internal/controlplane"
+	"github.com/perimeterhq/perimeter/bench/internal/plane"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/sandbox/bwrap"
 	"github.com/perimeterhq/perimeter/internal/sandbox/docker"
@@ -54,9 +52,8 @@ import (
 
 // The control plane's credentials. They only exist inside this process.
 const (
-	apiKey   = "sk-ant-api-perimeter-bench"
-	envKey   = "sk-ant-oat01-perimeter-bench"
-	envID    = controlplane.DefaultEnvironmentID
+	envKey   = plane.EnvKey
+	envID    = plane.EnvID
 	agent    = "bench_sandboxstart"
 	image    = "perimeter-sandbox:bookworm"
 	workerID = "bench-sandboxstart"
@@ -135,7 +132,7 @@ func run(ctx context.Context, bin, full string, n int, backends []string) (strin
 	if err != nil {
 		return "", err
 	}
-	defer p.close()
+	defer p.Close()
 
 	var rows []result
 	add := func(r result) {
@@ -188,7 +185,7 @@ func run(ctx context.Context, bin, full string, n int, backends []string) (strin
 
 // bench serves n sessions (after one warm-up session) on a worker whose
 // runtime newRT builds, wrapped in a warm pool of poolSize when pooled.
-func bench(ctx context.Context, p *plane, name string, n int, newRT func() (sandbox.Runtime, error), pooled bool) result {
+func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() (sandbox.Runtime, error), pooled bool) result {
 	r := result{name: name}
 	if ctx.Err() != nil {
 		r.skipped = "interrupted"
@@ -227,12 +224,12 @@ func bench(ctx context.Context, p *plane, name string, n int, newRT func() (sand
 		defer pl.Close()
 		rt = pl
 	}
-	if err := p.waitPollsOver(ctx); err != nil {
+	if err := p.WaitPollsOver(ctx); err != nil {
 		r.skipped = oneLine(err)
 		return r
 	}
 	w, err := worker.New(worker.Options{
-		Client: p.workerClient(), EnvironmentID: envID, EnvironmentKey: envKey, WorkerID: workerID,
+		Client: p.WorkerClient(), EnvironmentID: envID, EnvironmentKey: envKey, WorkerID: workerID,
 		Runtime: rt, StateDir: state, MaxIdle: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -445,73 +442,23 @@ func writeScenario(dir string) error {
 	return os.WriteFile(filepath.Join(dir, agent+".yaml"), []byte(s), 0o600)
 }
 
-// plane is an embedded control plane served on 127.0.0.1, with an operator
-// client. (A trimmed copy of bench/roundtrip's.)
-type plane struct {
-	cp        *controlplane.Server
-	srv       *http.Server
-	url       string
-	op        anthropic.Client
-	pollsOpen atomic.Int64 // work polls being served
-}
+// benchPlane is the embedded control plane with what this bench asks of it.
+type benchPlane struct{ *plane.Plane }
 
-func startPlane(scenarioDir string) (*plane, error) {
-	cp, err := controlplane.New(controlplane.Options{
-		APIKey: apiKey, EnvironmentKey: envKey, ScenarioDir: scenarioDir,
-		TTL: 10 * time.Second, Logger: slog.New(slog.DiscardHandler),
-	})
+func startPlane(scenarioDir string) (*benchPlane, error) {
+	p, err := plane.Start(scenarioDir)
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cp.Close()
-		return nil, err
-	}
-	p := &plane{cp: cp, url: "http://" + ln.Addr().String()}
-	h := cp.Handler()
-	p.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/work/poll") {
-			p.pollsOpen.Add(1)
-			defer p.pollsOpen.Add(-1)
-		}
-		h.ServeHTTP(w, r)
-	})}
-	go func() { _ = p.srv.Serve(ln) }()
-	p.op = anthropic.NewClient(option.WithBaseURL(p.url), option.WithAPIKey(apiKey))
-	return p, nil
-}
-
-func (p *plane) close() {
-	_ = p.cp.Close()
-	_ = p.srv.Close()
-}
-
-func (p *plane) workerClient() anthropic.Client {
-	return anthropic.NewClient(option.WithBaseURL(p.url), option.WithMaxRetries(1))
-}
-
-// waitPollsOver waits until no work poll is being served, so a stopped
-// worker's last poll cannot claim the next backend's first session.
-func (p *plane) waitPollsOver(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for p.pollsOpen.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("a work poll is still open: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return nil
+	return &benchPlane{p}, nil
 }
 
 // serveOne creates a session, waits for its scenario to pass and its work
 // item to stop, and returns claim → first tool result.
-func (p *plane) serveOne(ctx context.Context) (time.Duration, error) {
+func (p *benchPlane) serveOne(ctx context.Context) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	s, err := p.op.Beta.Sessions.New(ctx, anthropic.BetaSessionNewParams{
+	s, err := p.Op.Beta.Sessions.New(ctx, anthropic.BetaSessionNewParams{
 		Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + agent)},
 		EnvironmentID: envID,
 	})
@@ -532,9 +479,9 @@ func (p *plane) serveOne(ctx context.Context) (time.Duration, error) {
 	return first.Sub(acked), nil
 }
 
-func (p *plane) waitPassed(ctx context.Context, id string) error {
+func (p *benchPlane) waitPassed(ctx context.Context, id string) error {
 	for {
-		s, err := p.op.Beta.Sessions.Get(ctx, id, anthropic.BetaSessionGetParams{})
+		s, err := p.Op.Beta.Sessions.Get(ctx, id, anthropic.BetaSessionGetParams{})
 		if err != nil {
 			return fmt.Errorf("get session %s: %w", id, err)
 		}
@@ -566,11 +513,11 @@ func (p *plane) waitPassed(ctx context.Context, id string) error {
 
 // waitStopped waits until the session's work item is stopped and returns
 // its acknowledged_at.
-func (p *plane) waitStopped(ctx context.Context, id string) (time.Time, error) {
+func (p *benchPlane) waitStopped(ctx context.Context, id string) (time.Time, error) {
 	for {
 		var state anthropic.BetaSelfHostedWorkState
 		var acked string
-		iter := p.op.Beta.Environments.Work.ListAutoPaging(ctx, envID, anthropic.BetaEnvironmentWorkListParams{Limit: anthropic.Int(100)},
+		iter := p.Op.Beta.Environments.Work.ListAutoPaging(ctx, envID, anthropic.BetaEnvironmentWorkListParams{Limit: anthropic.Int(100)},
 			option.WithHeaderDel("X-Api-Key"), option.WithAuthToken(envKey))
 		for iter.Next() {
 			if w := iter.Current(); w.Data.ID == id {
@@ -596,8 +543,8 @@ func (p *plane) waitStopped(ctx context.Context, id string) (time.Time, error) {
 }
 
 // firstResult is the processed_at of the session's first tool result.
-func (p *plane) firstResult(ctx context.Context, id string) (time.Time, error) {
-	iter := p.op.Beta.Sessions.Events.ListAutoPaging(ctx, id, anthropic.BetaSessionEventListParams{Limit: anthropic.Int(1000)})
+func (p *benchPlane) firstResult(ctx context.Context, id string) (time.Time, error) {
+	iter := p.Op.Beta.Sessions.Events.ListAutoPaging(ctx, id, anthropic.BetaSessionEventListParams{Limit: anthropic.Int(1000)})
 	for iter.Next() {
 		var e struct {
 			Type        string    `json:"type"`
