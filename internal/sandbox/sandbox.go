@@ -53,8 +53,11 @@ type Egress struct {
 }
 
 // Where a sandbox finds its egress proxy and the certificates it trusts.
+// sandboxd bridges EgressSocket to EgressListen, the address the sandbox's
+// HTTP_PROXY names.
 const (
 	EgressSocket   = "/run/perimeter/egress.sock"
+	EgressListen   = "127.0.0.1:3128"
 	CABundle       = "/run/perimeter/ca.pem"
 	SystemCABundle = "/etc/ssl/certs/ca-certificates.crt"
 )

@@ -6,6 +6,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
 // MainOptions configures [Main].
@@ -21,7 +23,7 @@ type MainOptions struct {
 }
 
 // DefaultEgressListen is where the egress bridge listens in the sandbox.
-const DefaultEgressListen = "127.0.0.1:3128"
+const DefaultEgressListen = sandbox.EgressListen
 
 // Main is the sandboxd process: it serves the RPC on the process's stdio
 // with the process's own environment (which the worker built from an
