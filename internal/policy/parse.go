@@ -38,7 +38,7 @@ func (e *Error) Error() string {
 
 // Keys of a policy file.
 var (
-	topKeys     = []string{"version", "default", "rules"}
+	topKeys     = []string{"version", "default", "rules", "egress"}
 	defaultKeys = []string{"decision", "message", "deadline", "channels", "allow_edit"}
 	ruleKeys    = []string{"name", "tools", "when", "decision", "message", "deadline", "channels", "allow_edit"}
 )
@@ -206,6 +206,10 @@ func (ps *parser) policy(doc *yaml.Node, p *Policy) {
 	} else {
 		p.defLine = d.key.Line
 		ps.outcome(d.val, ps.fields(d.val, "default", defaultKeys), "default", &p.def)
+	}
+
+	if e, ok := f["egress"]; ok {
+		ps.egressSection(e, p)
 	}
 
 	r, ok := f["rules"]

@@ -49,7 +49,7 @@ func TestParseReportsEachErrorAtItsPosition(t *testing.T) {
 default: {decision: ask}
 rulez: []
 `,
-			want: []string{`p.yaml:3:1: policy: unknown key "rulez" (want version, default or rules)`},
+			want: []string{`p.yaml:3:1: policy: unknown key "rulez" (want version, default, rules or egress)`},
 		},
 		{
 			name: "unknown key in the default",

@@ -9,6 +9,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/perimeterhq/perimeter/internal/egress"
 )
 
 // Session is what a condition sees of the session making a call, as the
@@ -134,6 +136,7 @@ type Policy struct {
 	def     outcome
 	defLine int // of the default: key
 	rules   []rule
+	egress  egress.Config
 
 	// exact maps a tool name to the rules that list it by name, in file
 	// order; globs are the rules' patterns, in file order.
