@@ -238,6 +238,7 @@ func (s *session) leave(ctx context.Context, id string) error {
 func (s *session) execute(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
 	ctx, cancel := context.WithTimeout(ctx, s.w.opts.ToolTimeout)
 	defer cancel()
+	defer s.running(ctx, c.ToolUseID)()
 	blocks, err := tool.Execute(ctx, c.Input)
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):

@@ -19,6 +19,9 @@ type Metrics struct {
 	pollLatency     prometheus.Histogram
 	sandboxStart    *prometheus.HistogramVec
 	sandboxFailures *prometheus.CounterVec
+	egressRequests  *prometheus.CounterVec
+	egressBytes     *prometheus.CounterVec
+	injections      *prometheus.CounterVec
 }
 
 // NewMetrics registers the worker's metrics in reg; nil = a new registry
@@ -57,8 +60,17 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		sandboxFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "perimeter_sandbox_failures_total", Help: "Sandboxes that died (exited, OOM-killed, wedged) while serving a session, by runtime.",
 		}, []string{"runtime"}),
+		egressRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perimeter_egress_requests_total", Help: "Requests through the sessions' egress proxies by host and verdict (allowed, blocked).",
+		}, []string{"host", "verdict"}),
+		egressBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perimeter_egress_bytes_total", Help: "Body bytes through the egress proxies by host and direction (out: to the upstream, in: to the sandbox).",
+		}, []string{"host", "direction"}),
+		injections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perimeter_credential_injections_total", Help: "Requests a credential's value was substituted into, by secret name.",
+		}, []string{"secret"}),
 	}
-	reg.MustRegister(m.sandboxFailures, m.toolCalls, m.toolDuration, m.sessionsActive, m.workItems, m.leaseLost, m.pollLatency, m.sandboxStart)
+	reg.MustRegister(m.egressRequests, m.egressBytes, m.injections, m.sandboxFailures, m.toolCalls, m.toolDuration, m.sessionsActive, m.workItems, m.leaseLost, m.pollLatency, m.sandboxStart)
 	return m
 }
 

@@ -45,6 +45,8 @@ type session struct {
 	metadata map[string]string
 	// perms are the platform's evaluated_permission of its tool uses.
 	perms permissions
+	// current is the call running in the sandbox (see running).
+	current atomic.Pointer[runningCall]
 
 	mu       sync.Mutex      // guards the fields below
 	inFlight map[string]bool // calls that entered the gate and are not yet posted
@@ -213,10 +215,16 @@ func (s *session) runSession(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sb := &sessionSandbox{s: s, spec: sandbox.Spec{
+	spec := sandbox.Spec{
 		SessionID: s.sessionID, WorkID: s.workID, Workspace: workspace,
 		Env: s.w.sandboxEnv(), Limits: s.w.opts.Limits,
-	}}
+	}
+	closeEgress, err := s.openEgress(ctx, &spec)
+	if err != nil {
+		return fmt.Errorf("start the session's egress proxy: %w", err)
+	}
+	defer closeEgress()
+	sb := &sessionSandbox{s: s, spec: spec}
 	defer sb.close()
 	// Start the sandbox now, while the session is fetched and its event
 	// stream attached, so its start is off the first call's path (which

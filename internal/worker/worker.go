@@ -37,6 +37,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/toolset"
 )
@@ -81,6 +82,9 @@ type Options struct {
 	MaxOutputBytes int
 	// SandboxEnv adds variables to the sandbox's allow-listed environment.
 	SandboxEnv map[string]string
+	// Egress, when set, gives each session an egress proxy, its sandbox's
+	// only way out; nil leaves sandboxes without any network.
+	Egress *egress.Manager
 	// CustomTools are operator-declared tools run as commands in the sandbox.
 	CustomTools []config.CustomTool
 	// Hooks see every tool call before and after it runs.

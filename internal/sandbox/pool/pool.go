@@ -97,6 +97,9 @@ func (p *Pool) Name() string { return p.rt.Name() }
 // Create hands spec's session a warm sandbox when it can, else a cold one.
 func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	if !p.fits(spec) {
+		if spec.Egress != nil {
+			p.log.Info("starting a cold sandbox: warm sandboxes have no egress proxy mounted, and this session's policy allows egress", slog.String("session_id", spec.SessionID))
+		}
 		return p.rt.Create(ctx, spec)
 	}
 	w, ok := p.take()
@@ -123,9 +126,10 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 }
 
 // fits reports whether a warm sandbox can serve spec: a fresh session (an
-// empty workspace) with the pool's environment and limits.
+// empty workspace) with the pool's environment and limits, and no egress
+// proxy (its mounts are made when a sandbox starts).
 func (p *Pool) fits(spec sandbox.Spec) bool {
-	if !maps.Equal(spec.Env, p.opts.Env) || spec.Limits.OrDefault() != p.opts.Limits.OrDefault() {
+	if spec.Egress != nil || !maps.Equal(spec.Env, p.opts.Env) || spec.Limits.OrDefault() != p.opts.Limits.OrDefault() {
 		return false
 	}
 	entries, err := os.ReadDir(spec.Workspace)

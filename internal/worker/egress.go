@@ -1,0 +1,135 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/perimeterhq/perimeter/internal/egress"
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+)
+
+// runningCall is the tool call a session's sandbox is running, to which
+// the egress requests made meanwhile are attributed.
+type runningCall struct {
+	id   string
+	span trace.SpanContext
+}
+
+// running marks c as the session's running call until the returned func is
+// called. Calls of one session that overlap are attributed to the latest.
+func (s *session) running(ctx context.Context, id string) (done func()) {
+	rc := &runningCall{id: id, span: trace.SpanContextFromContext(ctx)}
+	s.current.Store(rc)
+	return func() { s.current.CompareAndSwap(rc, nil) }
+}
+
+func (s *session) currentCall() string {
+	if rc := s.current.Load(); rc != nil {
+		return rc.id
+	}
+	return ""
+}
+
+// openEgress starts the session's egress proxy, when the worker has one,
+// and points spec at it; close stops it.
+func (s *session) openEgress(ctx context.Context, spec *sandbox.Spec) (close func(), err error) {
+	m := s.w.opts.Egress
+	if m == nil {
+		return func() {}, nil
+	}
+	sessionSpan := trace.SpanContextFromContext(ctx)
+	eg, err := m.Open(egress.SessionOptions{
+		SessionID:   s.sessionID,
+		OnRecord:    func(r egress.Record) { s.egressRecord(sessionSpan, r) },
+		CurrentCall: s.currentCall,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if eg == nil {
+		return func() {}, nil // nothing allowed: no network at all
+	}
+	spec.Egress = eg.Sandbox
+	spec.Env = maps.Clone(spec.Env)
+	maps.Copy(spec.Env, eg.Env)
+	return func() {
+		if err := eg.Close(); err != nil {
+			s.log.Warn("closing the egress proxy", slog.Any("error", err))
+		}
+	}, nil
+}
+
+// egressRecord reports one request through the session's proxy: a log
+// line, a span under the tool call that made it, and metrics. A record
+// holds names and sizes, never a secret value.
+func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
+	verdict := "allowed"
+	if !r.Allowed {
+		verdict = "blocked"
+	}
+	m := s.w.metrics
+	m.egressRequests.WithLabelValues(r.Host, verdict).Inc()
+	m.egressBytes.WithLabelValues(r.Host, "out").Add(float64(r.BytesOut))
+	m.egressBytes.WithLabelValues(r.Host, "in").Add(float64(r.BytesIn))
+	for _, name := range r.Secrets {
+		m.injections.WithLabelValues(name).Inc()
+	}
+
+	attrs := []slog.Attr{
+		slog.String("tool_use_id", r.ToolUseID), slog.String("method", r.Method),
+		slog.String("host", r.Host), slog.Int("port", r.Port), slog.String("verdict", verdict),
+		slog.String("rule", r.Rule), slog.Int("status", r.Status),
+		slog.Int64("bytes_out", r.BytesOut), slog.Int64("bytes_in", r.BytesIn),
+		slog.Duration("duration", r.Duration), slog.Bool("intercepted", r.Intercepted),
+	}
+	if r.Path != "" {
+		attrs = append(attrs, slog.String("path", r.Path))
+	}
+	if len(r.Secrets) > 0 {
+		attrs = append(attrs, slog.Any("credentials", r.Secrets))
+	}
+	if r.Reason != "" {
+		attrs = append(attrs, slog.String("reason", r.Reason))
+	}
+	level, msg := slog.LevelInfo, "egress request"
+	if !r.Allowed {
+		level, msg = slog.LevelWarn, "egress blocked"
+	}
+	s.log.LogAttrs(context.Background(), level, msg, attrs...)
+
+	// The span's parent is the call that was running, when the record
+	// names it; a request between calls hangs off the session.
+	parent := trace.ContextWithSpanContext(context.Background(), sessionSpan)
+	if rc := s.current.Load(); rc != nil && rc.id == r.ToolUseID && rc.span.IsValid() {
+		parent = trace.ContextWithSpanContext(context.Background(), rc.span)
+	}
+	end := time.Now()
+	_, span := s.w.tracer.Start(parent, "egress "+r.Method+" "+r.Host,
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(end.Add(-r.Duration)),
+		trace.WithAttributes(
+			attribute.String("perimeter.session.id", s.sessionID),
+			attribute.String("perimeter.tool_use.id", r.ToolUseID),
+			attribute.String("http.request.method", r.Method),
+			attribute.String("server.address", r.Host),
+			attribute.Int("server.port", r.Port),
+			attribute.String("perimeter.egress.verdict", verdict),
+			attribute.String("perimeter.egress.rule", r.Rule),
+			attribute.StringSlice("perimeter.egress.credentials", r.Secrets),
+			attribute.Int64("perimeter.egress.bytes_out", r.BytesOut),
+			attribute.Int64("perimeter.egress.bytes_in", r.BytesIn),
+			attribute.Bool("perimeter.egress.intercepted", r.Intercepted),
+		))
+	if r.Status != 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", r.Status))
+	}
+	if !r.Allowed || r.Reason != "" {
+		span.SetStatus(codes.Error, r.Reason)
+	}
+	span.End(trace.WithTimestamp(end))
+}
