@@ -154,6 +154,15 @@ func TestBwrapRuntimeEscapes(t *testing.T) {
 	}, sandboxtest.EscapeOptions{})
 }
 
+func TestBwrapRuntimeEgress(t *testing.T) {
+	needPython(t)
+	dir, err := os.MkdirTemp(sharedDir, "egress-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sandboxtest.RunEgress(t, searchable{newRuntime(t, bwrap.Options{})}, sandboxtest.EgressOptions{Dir: dir})
+}
+
 func TestBwrapRuntimeIsNamedBwrap(t *testing.T) {
 	if got := newRuntime(t, bwrap.Options{}).Name(); got != "bwrap" {
 		t.Errorf("Name() = %q", got)

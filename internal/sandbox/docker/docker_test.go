@@ -155,6 +155,14 @@ func TestDockerRunscConformance(t *testing.T) {
 	sandboxtest.Run(t, func(t *testing.T) sandbox.Runtime { return newRuntime(t, "runsc") })
 }
 
+func TestDockerRuncEgress(t *testing.T) {
+	sandboxtest.RunEgress(t, newRuntime(t, "runc"), sandboxtest.EgressOptions{})
+}
+
+func TestDockerRunscEgress(t *testing.T) {
+	sandboxtest.RunEgress(t, newRuntime(t, "runsc"), sandboxtest.EgressOptions{})
+}
+
 func TestNameSaysTheOCIRuntime(t *testing.T) {
 	for oci, want := range map[string]string{"": "docker", "runc": "docker", "runsc": "docker-runsc"} {
 		rt, err := docker.New(docker.Options{Image: "sha256:" + strings.Repeat("0", 64), OCIRuntime: oci, Binary: "/bin/sh"})
