@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // TestSourcesKeepTheContract holds every Source to the same behaviour: the
@@ -42,6 +44,26 @@ func TestSourcesKeepTheContract(t *testing.T) {
 			}
 			t.Cleanup(func() { v.Close() })
 			return v
+		},
+		"kubernetes": func(t *testing.T) Source {
+			client := fake.NewClientset(
+				k8sSecret("default", "present", map[string]string{"k": "v1"}),
+				k8sSecret("default", "empty", map[string]string{"k": ""}),
+			)
+			return newTestKubernetes(t, client, "", map[string]KubernetesRef{"present": {Name: "present", Key: "k"}, "empty": {Name: "empty", Key: "k"}, "missing": {Name: "missing", Key: "k"}})
+		},
+		"kubernetes through the API server": func(t *testing.T) Source {
+			f := newFakeAPIServer(t)
+			f.put("team-c", "present", map[string]string{"k": "v1\n"})
+			f.put("team-c", "empty", map[string]string{"k": "\n"})
+			k, err := NewKubernetes(KubernetesOptions{
+				Kubeconfig: writeKubeconfig(t, f.URL, f.CA, "kube-token"),
+				Refs:       map[string]KubernetesRef{"present": {Name: "present", Key: "k"}, "empty": {Name: "empty", Key: "k"}, "missing": {Name: "missing", Key: "k"}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return k
 		},
 		"cache over file": func(t *testing.T) Source {
 			dir := t.TempDir()

@@ -18,7 +18,8 @@ type Source interface {
 }
 
 // ErrNotFound means the secret has no value: it is not configured, or its
-// variable, file, Vault secret or key does not exist, or the value is empty.
+// variable, file, Vault secret, Kubernetes Secret or key does not exist, or
+// the value is empty.
 // It is always wrapped with the secret's name.
 var ErrNotFound = errors.New("secret not found")
 
