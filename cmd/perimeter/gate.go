@@ -30,7 +30,11 @@ func loadPolicy(cfg *config.Config) (*policy.Policy, error) {
 	if cfg.Policy.File == "" {
 		return policy.Default(), nil
 	}
-	return policy.Load(cfg.Policy.File)
+	p, err := policy.Load(cfg.Policy.File)
+	if err != nil {
+		return nil, err
+	}
+	return p, checkSecrets(p, cfg)
 }
 
 // newGate builds the policy gate: the policy, the approvals store in the

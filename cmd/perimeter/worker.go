@@ -179,6 +179,12 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		gate.Store().Close()
 		return nil, nil, nil, err
 	}
+	eg, closeEgress, err := newEgress(ctx, cfg, gate, rs.rt.Name(), log)
+	if err != nil {
+		rs.Close()
+		gate.Store().Close()
+		return nil, nil, nil, err
+	}
 	var clientOpts []option.RequestOption
 	if cfg.Anthropic.BaseURL != "" {
 		clientOpts = append(clientOpts, option.WithBaseURL(cfg.Anthropic.BaseURL))
@@ -199,6 +205,7 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		DrainTimeout:     time.Duration(cfg.Worker.DrainTimeout),
 		MaxOutputBytes:   cfg.Worker.MaxOutputBytes,
 		SandboxEnv:       cfg.Sandbox.Env,
+		Egress:           eg,
 		CustomTools:      cfg.CustomTools,
 		TracerProvider:   tp,
 		Logger:           log,
@@ -207,11 +214,12 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		Metrics:          worker.NewMetrics(reg),
 	})
 	if err != nil {
+		closeEgress()
 		rs.Close()
 		gate.Store().Close()
 		return nil, nil, nil, err
 	}
-	return w, gate, func() { w.Close(); rs.Close(); gate.Store().Close() }, nil
+	return w, gate, func() { w.Close(); closeEgress(); rs.Close(); gate.Store().Close() }, nil
 }
 
 // reloadOnHUP reloads the policy file on SIGHUP. A policy that does not

@@ -13,6 +13,8 @@ import (
 
 	"github.com/docker/go-units"
 	"gopkg.in/yaml.v3"
+
+	"github.com/perimeterhq/perimeter/internal/secrets"
 )
 
 // Version is the only config file version this build understands.
@@ -29,6 +31,15 @@ type Config struct {
 	Telemetry    Telemetry    `yaml:"telemetry"`
 	Policy       Policy       `yaml:"policy"`
 	Approvals    Approvals    `yaml:"approvals"`
+	// Secrets are the values the egress proxy substitutes for credential
+	// placeholders (the policy's egress credentials name them), each read
+	// from one backend: env, file, vault or kubernetes. Values are fetched
+	// when a request needs them and kept in memory briefly, never on disk.
+	Secrets []secrets.Spec `yaml:"secrets"`
+	// SecretBackends connect the backends that Secrets name: vault (a
+	// KV version 2 engine; the token from VAULT_TOKEN or an AppRole
+	// login) and kubernetes (in-cluster, or a kubeconfig).
+	SecretBackends secrets.Backends `yaml:"secret_backends"`
 }
 
 // Policy configures the gate every tool call passes.

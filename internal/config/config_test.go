@@ -79,3 +79,31 @@ func TestSandboxLimitsReadHumanSizes(t *testing.T) {
 		t.Errorf("bad restart: err = %v", err)
 	}
 }
+
+func TestSecretsAndTheirBackendsParse(t *testing.T) {
+	c, err := Parse([]byte(`version: 1
+secrets:
+  - {name: github, env: GITHUB_TOKEN}
+  - {name: pypi, vault: {path: ci/pypi, key: token}}
+  - {name: deploy, kubernetes: {name: deploy-key, key: token}}
+secret_backends:
+  vault: {address: "https://vault.internal:8200", role_id: perimeter, timeout: 5s}
+  kubernetes: {namespace: agents}
+`), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Secrets) != 3 || c.Secrets[0].Env != "GITHUB_TOKEN" || c.Secrets[1].Vault.Path != "ci/pypi" || c.Secrets[2].Kubernetes.Name != "deploy-key" {
+		t.Errorf("secrets = %+v", c.Secrets)
+	}
+	if v := c.SecretBackends.Vault; v == nil || v.RoleID != "perimeter" || v.Timeout != 5*time.Second {
+		t.Errorf("vault = %+v", v)
+	}
+	if k := c.SecretBackends.Kubernetes; k == nil || k.Namespace != "agents" {
+		t.Errorf("kubernetes = %+v", k)
+	}
+	// A token never comes from the file.
+	if _, err := Parse([]byte("version: 1\nsecret_backends:\n  vault: {token: s.abc}\n"), "test.yaml"); err == nil {
+		t.Error("a Vault token in the config file was accepted")
+	}
+}

@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
+)
+
+// TestCanarySecretReachesOnlyItsUpstream runs the e2e-canary scenario on
+// each isolating runtime: a secret with a unique value is configured, the
+// agent dumps its environment, greps everything it can see and calls the
+// allowed upstream with the placeholder it found. The upstream receives the
+// real value; the sandbox, the model (every event of the session), the
+// worker's logs and its exported spans never contain it.
+func TestCanarySecretReachesOnlyItsUpstream(t *testing.T) {
+	for _, tc := range []struct {
+		runtime string
+		needs   func() (bool, string)
+	}{
+		{"bwrap", bwrapReady},
+		{"docker", dockerReady},
+	} {
+		t.Run(tc.runtime, func(t *testing.T) {
+			ok, what := tc.needs()
+			testenv.Need(t, ok, what)
+			testCanary(t, tc.runtime)
+		})
+	}
+}
+
+func testCanary(t *testing.T, runtime string) {
+	canary := "canary-e2e-" + fmt.Sprint(time.Now().UnixNano())
+
+	var mu sync.Mutex
+	var received []string
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		received = append(received, r.Header.Get("Authorization"))
+		mu.Unlock()
+		// Echo it back: the proxy must redact the value on the way in.
+		fmt.Fprintf(w, "upstream saw %s\n", r.Header.Get("Authorization"))
+	}))
+	defer up.Close()
+	_, port, _ := net.SplitHostPort(up.Listener.Addr().String())
+
+	dir := t.TempDir()
+	// The worker verifies the upstream with the roots SSL_CERT_FILE names.
+	roots := filepath.Join(dir, "upstream-ca.pem")
+	if err := os.WriteFile(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(dir, "policy.yaml")
+	writeFile(t, policy, `version: 1
+default: {decision: allow}
+egress:
+  rules:
+    - name: echo upstream
+      hosts: [127.0.0.1]
+      ports: [`+port+`]
+  credentials:
+    - secret: canary
+      env: CANARY_TOKEN
+      hosts: [127.0.0.1]
+`)
+	cfg := filepath.Join(dir, "worker.yaml")
+	writeFile(t, cfg, `version: 1
+sandbox:
+  env:
+    UPSTREAM_URL: https://127.0.0.1:`+port+`/echo
+secrets:
+  - name: canary
+    env: PERIMETER_E2E_CANARY
+`)
+	col := &collector{}
+	otlp := freeAddr(t)
+	srv := &http.Server{Addr: otlp, Handler: col}
+	go srv.ListenAndServe()
+	t.Cleanup(func() { srv.Close() })
+	waitDial(t, otlp)
+
+	state, err := os.MkdirTemp("", "perimeter-e2e-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	cp := startControlPlane(t, t.TempDir(), "")
+	op := operator(cp.url)
+	w := startWorkerEnv(t, cp.url, state, []string{
+		"PERIMETER_E2E_CANARY=" + canary,
+		"SSL_CERT_FILE=" + roots,
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + otlp,
+		"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+	}, "--config", cfg, "--policy", policy, "--runtime", runtime, "--tool-timeout", "200s",
+		"--worker-id", "e2e-canary-"+filepathBase(state))
+	id := newSession(t, op, "e2e-canary")
+	waitPassed(t, op, id)
+	w.signal(sigterm)
+	if code := w.wait(60 * time.Second); code != 0 {
+		t.Errorf("worker exited %d", code)
+	}
+
+	mu.Lock()
+	if len(received) != 1 || received[0] != "Bearer "+canary {
+		t.Errorf("the upstream received %q, want the real value once", received)
+	}
+	mu.Unlock()
+	for _, ev := range events(t, op, id) {
+		raw, _ := json.Marshal(ev)
+		if strings.Contains(string(raw), canary) {
+			t.Errorf("the session's events carry the real value: %s", raw)
+		}
+	}
+	logs := w.out.String()
+	if strings.Contains(logs, canary) {
+		t.Error("the worker's log contains the real value")
+	}
+	for _, want := range []string{`msg="egress request"`, `credentials=[canary]`, `msg="egress blocked"`, `host=blocked.example.org`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the worker's log lacks %s", want)
+		}
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	egressSpans := 0
+	for _, s := range col.spans {
+		if strings.HasPrefix(s.Name, "egress ") {
+			egressSpans++
+		}
+		raw, _ := json.Marshal(s)
+		if strings.Contains(string(raw), canary) {
+			t.Errorf("span %s carries the real value", s.Name)
+		}
+	}
+	if egressSpans < 2 {
+		t.Errorf("%d egress spans exported, want one per request (at least 2)", egressSpans)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
