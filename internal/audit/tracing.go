@@ -1,7 +1,8 @@
-// Package audit sets up Perimeter's OpenTelemetry export. Spans carry ids and
-// decisions, never tool inputs, outputs or credentials; exporters are chosen
-// by the standard OTEL_* environment variables.
 package audit
+
+// Tracing: spans carry ids and decisions, never tool inputs, outputs or
+// credentials; exporters are chosen by the standard OTEL_* environment
+// variables.
 
 import (
 	"context"
