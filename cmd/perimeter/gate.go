@@ -19,6 +19,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/approval/notify"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/policy"
+	"github.com/perimeterhq/perimeter/internal/worker"
 )
 
 // adminTokenFile holds the approvals API token a worker generated, in its
@@ -39,7 +40,7 @@ func loadPolicy(cfg *config.Config) (*policy.Policy, error) {
 
 // newGate builds the policy gate: the policy, the approvals store in the
 // state directory and the configured channels.
-func newGate(ctx context.Context, cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*approval.Gate, error) {
+func newGate(ctx context.Context, cfg *config.Config, reg prometheus.Registerer, auditLog worker.AuditLog, log *slog.Logger) (*approval.Gate, error) {
 	p, err := loadPolicy(cfg)
 	if err != nil {
 		return nil, err
@@ -64,7 +65,7 @@ func newGate(ctx context.Context, cfg *config.Config, reg prometheus.Registerer,
 	}
 	g, err := approval.NewGate(approval.GateOptions{
 		Policy: p, Store: store, Notifiers: notifiers, Labels: cfg.Policy.Labels, Terminal: terminal,
-		Logger: log.With(slog.String("component", "policy")), Registerer: reg,
+		Logger: log.With(slog.String("component", "policy")), Registerer: reg, Audit: auditLog,
 	})
 	if err != nil {
 		store.Close()

@@ -73,6 +73,7 @@ Offline control plane for development and tests:
 		newImageCmd(g),
 		newApprovalsCmd(),
 		newPolicyCmd(),
+		newAuditCmd(),
 	)
 	return root
 }

@@ -169,20 +169,37 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 	if err := worker.PrepareStateDir(cfg.Worker.StateDir); err != nil {
 		return nil, nil, nil, err
 	}
-	reg := prometheus.NewRegistry()
-	gate, err := newGate(ctx, cfg, reg, log)
+	auditW, err := openAuditLog(cfg, log)
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	var auditLog worker.AuditLog
+	closeAudit := func() {}
+	if auditW != nil {
+		auditLog = auditW
+		closeAudit = func() {
+			if err := auditW.Close(); err != nil {
+				log.Error("closing the audit log", slog.Any("error", err))
+			}
+		}
+	}
+	reg := prometheus.NewRegistry()
+	gate, err := newGate(ctx, cfg, reg, auditLog, log)
+	if err != nil {
+		closeAudit()
 		return nil, nil, nil, err
 	}
 	rs, err := setupRuntime(ctx, cfg, log)
 	if err != nil {
 		gate.Store().Close()
+		closeAudit()
 		return nil, nil, nil, err
 	}
 	eg, closeEgress, err := newEgress(ctx, cfg, gate, rs.rt.Name(), log)
 	if err != nil {
 		rs.Close()
 		gate.Store().Close()
+		closeAudit()
 		return nil, nil, nil, err
 	}
 	var clientOpts []option.RequestOption
@@ -210,6 +227,7 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		TracerProvider:   tp,
 		Logger:           log,
 		Hooks:            []worker.Hook{gate},
+		Audit:            auditLog,
 		DecisionWait:     policy.MaxDeadlineAllowed,
 		Metrics:          worker.NewMetrics(reg),
 	})
@@ -217,9 +235,10 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		closeEgress()
 		rs.Close()
 		gate.Store().Close()
+		closeAudit()
 		return nil, nil, nil, err
 	}
-	return w, gate, func() { w.Close(); closeEgress(); rs.Close(); gate.Store().Close() }, nil
+	return w, gate, func() { w.Close(); closeEgress(); rs.Close(); gate.Store().Close(); closeAudit() }, nil
 }
 
 // reloadOnHUP reloads the policy file on SIGHUP. A policy that does not

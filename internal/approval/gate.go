@@ -14,8 +14,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/perimeterhq/perimeter/internal/approval/notify"
+	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/policy"
 	"github.com/perimeterhq/perimeter/internal/worker"
 )
@@ -40,6 +43,9 @@ type GateOptions struct {
 	Logger *slog.Logger
 	// Registerer receives the gate's metrics; nil means none.
 	Registerer prometheus.Registerer
+	// Audit receives approval_requested and approval_decided records; nil
+	// writes none.
+	Audit worker.AuditLog
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -59,6 +65,7 @@ type Gate struct {
 	decisions *prometheus.CounterVec
 	latency   prometheus.Histogram
 	waiting   prometheus.Gauge
+	waitTime  *prometheus.HistogramVec
 }
 
 var _ worker.Hook = (*Gate)(nil)
@@ -92,6 +99,10 @@ func NewGate(opts GateOptions) (*Gate, error) {
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "perimeter_approvals_waiting", Help: "Tool calls waiting for a human decision.",
 		}),
+		waitTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "perimeter_approval_wait_seconds", Help: "Time a tool call waited for a human, by the policy's decision (ask, defer) and the outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.5, 4, 9),
+		}, []string{"policy", "state"}),
 	}
 	for _, n := range opts.Notifiers {
 		g.notifiers[n.Name()] = n
@@ -100,7 +111,7 @@ func NewGate(opts GateOptions) (*Gate, error) {
 		return nil, err
 	}
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{g.decisions, g.latency, g.waiting} {
+		for _, c := range []prometheus.Collector{g.decisions, g.latency, g.waiting, g.waitTime} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("approval gate metrics: %w", err)
 			}
@@ -171,10 +182,39 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 	if !created {
 		g.opts.Logger.Info("found this call's decision already recorded", slog.String("tool_use_id", c.ToolUseID), slog.String("state", string(stored.State)))
 	}
+	var waited time.Duration
 	if stored.State == Pending {
-		if stored, err = g.wait(ctx, stored); err != nil {
+		if created {
+			g.audit(ctx, c, audit.ApprovalRequested{
+				Tool: c.Tool, InputSHA256: c.InputSHA256, Decision: stored.Policy, Rule: stored.Rule,
+				Deadline: stored.Deadline, Channels: stored.Channels,
+			})
+		}
+		waitStart := time.Now()
+		wctx, span := tracer(ctx).Start(ctx, "perimeter.approval.wait", trace.WithAttributes(
+			attribute.String("perimeter.tool_use.id", c.ToolUseID),
+			attribute.String("perimeter.policy.decision", stored.Policy),
+			attribute.String("perimeter.policy.rule", stored.Rule),
+			attribute.StringSlice("perimeter.approval.channels", stored.Channels),
+		))
+		stored, err = g.wait(wctx, stored)
+		waited = time.Since(waitStart)
+		g.waitTime.WithLabelValues(stored.Policy, string(stored.State)).Observe(waited.Seconds())
+		if err != nil {
+			span.SetAttributes(attribute.String("perimeter.approval.outcome", "left for the next worker"))
+			span.End()
 			return err
 		}
+		span.SetAttributes(attribute.String("perimeter.approval.outcome", string(stored.State)), attribute.String("perimeter.decided_by", stored.DecidedBy))
+		span.End()
+		g.audit(ctx, c, audit.ApprovalDecided{
+			Approved: stored.State != Denied, DecidedBy: stored.DecidedBy, Reason: stored.Reason,
+			EditedInputSHA256: stored.EditedSHA256,
+		})
+	}
+	c.Decision = worker.Decision{
+		Policy: stored.Policy, Allowed: stored.State != Denied, By: stored.DecidedBy, Rule: stored.Rule,
+		Waited: waited, Edited: len(stored.EditedInput) > 0,
 	}
 	g.decisions.WithLabelValues(string(stored.State), byLabel(stored.DecidedBy)).Inc()
 	if created && rec.State == Allowed {
@@ -362,4 +402,22 @@ func denialText(r Record) string {
 func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// audit writes one record about c, if the gate has an audit log.
+func (g *Gate) audit(ctx context.Context, c *worker.Call, data audit.Data) {
+	if g.opts.Audit == nil {
+		return
+	}
+	if err := g.opts.Audit.Append(context.WithoutCancel(ctx), audit.Record{
+		SessionID: c.SessionID, WorkID: c.WorkID, ToolUseID: c.ToolUseID, Data: data,
+	}); err != nil {
+		g.opts.Logger.Error("could not write the audit record", slog.String("kind", string(data.Kind())), slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
+	}
+}
+
+// tracer makes the gate's spans with the provider of the call's span, so
+// they join its trace.
+func tracer(ctx context.Context) trace.Tracer {
+	return trace.SpanFromContext(ctx).TracerProvider().Tracer("github.com/perimeterhq/perimeter/internal/approval")
 }

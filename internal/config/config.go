@@ -40,6 +40,25 @@ type Config struct {
 	// KV version 2 engine; the token from VAULT_TOKEN or an AppRole
 	// login) and kubernetes (in-cluster, or a kubeconfig).
 	SecretBackends secrets.Backends `yaml:"secret_backends"`
+	// Audit is the tamper-evident local audit log.
+	Audit Audit `yaml:"audit"`
+}
+
+// Audit configures the audit log (see `perimeter audit`).
+type Audit struct {
+	// Disabled writes no audit log.
+	Disabled bool `yaml:"disabled"`
+	// Dir holds the log; empty means <state_dir>/audit.
+	Dir string `yaml:"dir"`
+	// SyncInterval is how often records reach the disk: 0 means 1s (a
+	// machine crash loses at most that much; a worker crash loses
+	// nothing); "every" fsyncs each record before its call goes on.
+	SyncInterval string `yaml:"sync_interval"`
+	// MaxFile starts a new file past this size; empty means 64MiB.
+	MaxFile ByteSize `yaml:"max_file"`
+	// KeepPayload names the content fields written to the log (input,
+	// output, path); empty writes none. Secret values never are.
+	KeepPayload []string `yaml:"keep_payload"`
 }
 
 // Policy configures the gate every tool call passes.
@@ -270,6 +289,16 @@ func Parse(b []byte, name string) (*Config, error) {
 			return nil, fmt.Errorf("%s: approvals.channels.%s: set exactly one of url and url_env", name, chName)
 		case ch.Type == "webhook" && ch.SecretEnv == "":
 			return nil, fmt.Errorf("%s: approvals.channels.%s: a webhook channel needs secret_env, the variable holding its signing secret", name, chName)
+		}
+	}
+	if si := c.Audit.SyncInterval; si != "" && si != "every" {
+		if d, err := time.ParseDuration(si); err != nil || d <= 0 {
+			return nil, fmt.Errorf("%s: audit.sync_interval is %q: use a positive duration such as 1s, or every", name, si)
+		}
+	}
+	for _, f := range c.Audit.KeepPayload {
+		if f != "input" && f != "output" && f != "path" {
+			return nil, fmt.Errorf("%s: audit.keep_payload: %q is not a payload field (input, output or path)", name, f)
 		}
 	}
 	for i, t := range c.CustomTools {

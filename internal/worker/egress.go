@@ -73,6 +73,7 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 	if !r.Allowed {
 		verdict = "blocked"
 	}
+	s.auditEgress(r)
 	m := s.w.metrics
 	m.egressRequests.WithLabelValues(r.Host, verdict).Inc()
 	m.egressBytes.WithLabelValues(r.Host, "out").Add(float64(r.BytesOut))

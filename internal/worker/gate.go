@@ -43,6 +43,26 @@ type Call struct {
 	// InputSHA256 is the hex SHA-256 of the input the model sent, the value
 	// approvals and audit records bind to. It does not change with Input.
 	InputSHA256 string
+	// Decision is what the hooks decided, for the call's span and the
+	// audit log; the hook that decides fills it in.
+	Decision Decision
+}
+
+// Decision records how a call was decided.
+type Decision struct {
+	// Policy is what the policy said: allow, deny, ask or defer.
+	Policy string
+	// Allowed is the outcome, after any human.
+	Allowed bool
+	// By is who decided: "rule:<name>", "default", "platform",
+	// "human:<who>", "deadline".
+	By string
+	// Rule is the rule that matched.
+	Rule string
+	// Waited is how long the call waited for a human (0 when none was asked).
+	Waited time.Duration
+	// Edited is set when a human approved an edited input.
+	Edited bool
 }
 
 // Outcome is what a call produced.
@@ -126,12 +146,20 @@ func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool,
 	}
 	o.Duration = time.Since(start)
 	span.SetAttributes(attribute.Bool("perimeter.replayed", o.Replayed), attribute.String("perimeter.outcome", outcomeLabel(o)))
+	if d := c.Decision; d.By != "" && !o.Replayed {
+		span.SetAttributes(attribute.String("perimeter.decision", decisionLabel(d)), attribute.String("perimeter.decided_by", d.By))
+	}
+	if img := s.w.image(); img != "" {
+		span.SetAttributes(attribute.String("perimeter.sandbox.image", img))
+	}
 	if o.IsError {
 		span.SetStatus(codes.Error, "tool error")
 	}
 	for _, h := range s.w.opts.Hooks {
 		h.AfterCall(ctx, c, o)
 	}
+	s.auditResult(ctx, c, o)
+	s.calls.Add(1)
 	s.w.metrics.toolCalls.WithLabelValues(c.Tool, outcomeLabel(o)).Inc()
 	s.w.metrics.toolDuration.WithLabelValues(c.Tool).Observe(o.Duration.Seconds())
 	s.log.Info("tool call",
@@ -164,16 +192,32 @@ func (s *session) decideAndRun(ctx context.Context, tool anthropic.BetaTool, c *
 		case <-waitCtx.Done():
 		}
 	}()
+	decideCtx, span := s.w.tracer.Start(waitCtx, "perimeter.policy.decide",
+		trace.WithAttributes(attribute.String("perimeter.tool_use.id", c.ToolUseID)))
 	for _, h := range s.w.opts.Hooks {
-		if err := h.BeforeCall(waitCtx, c); err != nil {
+		if err := h.BeforeCall(decideCtx, c); err != nil {
 			if waitCtx.Err() != nil {
+				span.SetAttributes(attribute.String("perimeter.decision", "none: left for the next worker"))
+				span.End()
 				return nil, s.leave(ctx, c.ToolUseID)
 			}
+			if c.Decision.By == "" {
+				c.Decision = Decision{By: "hook"}
+			}
+			c.Decision.Allowed = false
+			endDecision(span, c.Decision)
+			s.auditDecision(ctx, c)
 			o := &Outcome{Text: capText(err.Error(), s.w.opts.MaxOutputBytes), IsError: true}
 			s.journalOutcome(ctx, c, o, true)
 			return o, nil
 		}
 	}
+	if c.Decision.By == "" {
+		c.Decision = Decision{Policy: "allow", By: "no policy"}
+	}
+	c.Decision.Allowed = true
+	endDecision(span, c.Decision)
+	s.auditDecision(ctx, c)
 
 	existing, fresh, err := j.begin(ctx, s.record(c))
 	switch {
@@ -276,6 +320,27 @@ func capText(s string, max int) string {
 		cut++
 	}
 	return truncatedMarker + s[cut:]
+}
+
+// endDecision ends the decision span with what was decided.
+func endDecision(span trace.Span, d Decision) {
+	span.SetAttributes(
+		attribute.String("perimeter.decision", decisionLabel(d)),
+		attribute.String("perimeter.policy.decision", d.Policy),
+		attribute.String("perimeter.policy.rule", d.Rule),
+		attribute.String("perimeter.decided_by", d.By),
+		attribute.Int64("perimeter.approval.waited_ms", d.Waited.Milliseconds()),
+		attribute.Bool("perimeter.approval.edited", d.Edited),
+	)
+	span.End()
+}
+
+// decisionLabel is allow or deny, as the call's span shows it.
+func decisionLabel(d Decision) string {
+	if d.Allowed {
+		return "allow"
+	}
+	return "deny"
 }
 
 func outcomeLabel(o *Outcome) string {

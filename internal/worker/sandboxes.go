@@ -8,6 +8,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
@@ -33,9 +37,19 @@ func (x *sessionSandbox) Exec(ctx context.Context, call sandbox.Call) (sandbox.R
 	if err != nil {
 		return sandbox.Result{}, err
 	}
+	ctx, span := x.s.w.tracer.Start(ctx, "perimeter.sandbox.exec", trace.WithAttributes(
+		attribute.String("perimeter.sandbox.runtime", x.s.w.opts.Runtime.Name()),
+		attribute.String("perimeter.sandbox.tool", call.Tool),
+	))
+	defer span.End()
 	res, err := sb.Exec(ctx, call)
 	if isDead(err) {
 		x.retire(sb, err)
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	} else {
+		span.SetAttributes(attribute.Bool("perimeter.sandbox.tool_error", res.IsError))
 	}
 	return res, err
 }
@@ -60,8 +74,18 @@ func (x *sessionSandbox) current(ctx context.Context) (sandbox.Sandbox, error) {
 	}
 	w := x.s.w
 	start := time.Now()
+	ctx, span := w.tracer.Start(ctx, "perimeter.sandbox.start", trace.WithAttributes(
+		attribute.String("perimeter.sandbox.runtime", w.opts.Runtime.Name()),
+		attribute.Int("perimeter.sandbox.restarts", x.restarts),
+		attribute.Bool("perimeter.egress", x.spec.Egress != nil),
+	))
+	defer span.End()
+	if img := w.image(); img != "" {
+		span.SetAttributes(attribute.String("perimeter.sandbox.image", img))
+	}
 	sb, err := w.opts.Runtime.Create(ctx, x.spec)
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		x.s.log.Error("could not start the sandbox", slog.String("runtime", w.opts.Runtime.Name()), slog.Any("error", err))
 		return nil, fmt.Errorf("%w: start sandbox: %w", sandbox.ErrClosed, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/toolset"
 )
@@ -47,6 +48,8 @@ type session struct {
 	perms permissions
 	// current is the call running in the sandbox (see running).
 	current atomic.Pointer[runningCall]
+	// calls counts the calls that passed the gate.
+	calls atomic.Int64
 
 	mu       sync.Mutex      // guards the fields below
 	inFlight map[string]bool // calls that entered the gate and are not yet posted
@@ -184,6 +187,7 @@ func (s *session) serve(ctx context.Context, drained <-chan struct{}) itemResult
 
 	switch {
 	case end.released():
+		s.audit(ctx, "", audit.LeaseLost{Reason: end.String()}, nil)
 		s.w.metrics.leaseLost.Inc()
 		s.log.Warn("lease lost; the item was left to the queue", slog.String("reason", end.String()))
 		return itemLeaseLost
@@ -245,6 +249,10 @@ func (s *session) runSession(ctx context.Context) error {
 		return errSkipped
 	}
 	s.agent, s.metadata = sess.Agent.ID, sess.Metadata
+	s.audit(ctx, "", audit.SessionStarted{
+		EnvironmentID: s.w.opts.EnvironmentID, WorkerID: s.w.opts.WorkerID, Agent: s.agent,
+		Runtime: s.w.opts.Runtime.Name(), Image: s.w.image(),
+	}, nil)
 
 	tools, err := s.w.tools(sb)
 	if err != nil {

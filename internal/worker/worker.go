@@ -36,6 +36,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
@@ -89,6 +90,9 @@ type Options struct {
 	CustomTools []config.CustomTool
 	// Hooks see every tool call before and after it runs.
 	Hooks []Hook
+	// Audit receives a record of every session, decision, result, egress
+	// request and lost lease; nil writes none.
+	Audit AuditLog
 	// TracerProvider receives the work-item, session and tool-call spans;
 	// nil = no spans.
 	TracerProvider trace.TracerProvider
@@ -282,6 +286,9 @@ func (w *Worker) serveItem(ctx context.Context, work *anthropic.BetaSelfHostedWo
 	log.Info("claimed work item")
 	start := time.Now()
 	result := s.serve(ctx, drain)
+	if result != itemSkipped {
+		s.audit(ctx, "", audit.SessionEnded{Reason: string(result), ToolCalls: int(s.calls.Load())}, nil)
+	}
 	span.SetAttributes(attribute.String("perimeter.work.result", string(result)))
 	w.metrics.workItems.WithLabelValues(string(result)).Inc()
 	log.Info("work item ended", slog.String("result", string(result)), slog.Duration("duration", time.Since(start)))
