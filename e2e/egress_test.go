@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -130,6 +131,27 @@ secrets:
 			t.Errorf("the worker's log lacks %s", want)
 		}
 	}
+	// The audit log verifies, never holds the value, and tells the story
+	// of each call: the credential by name, the blocked host.
+	if out, err := exec.Command(testenv.Binary(t), "audit", "verify", "--state-dir", state).CombinedOutput(); err != nil || !strings.Contains(string(out), "ok:") {
+		t.Errorf("perimeter audit verify: %v\n%s", err, out)
+	}
+	show, err := exec.Command(testenv.Binary(t), "audit", "show", "--session", id, "--state-dir", state).CombinedOutput()
+	if err != nil {
+		t.Errorf("perimeter audit show: %v\n%s", err, show)
+	}
+	for _, want := range []string{"canary", "127.0.0.1", "blocked.example.org", "bash"} {
+		if !strings.Contains(string(show), want) {
+			t.Errorf("perimeter audit show lacks %q:\n%s", want, show)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(state, "audit", "*"))
+	for _, f := range files {
+		if b, _ := os.ReadFile(f); strings.Contains(string(b), canary) {
+			t.Errorf("%s holds the real value", f)
+		}
+	}
+
 	col.mu.Lock()
 	defer col.mu.Unlock()
 	egressSpans := 0

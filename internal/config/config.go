@@ -221,6 +221,10 @@ type Telemetry struct {
 	// Enabled exports spans through OTLP even when no OTEL_EXPORTER_OTLP_*
 	// endpoint is set (the SDK default endpoint is then used).
 	Enabled bool `yaml:"enabled"`
+	// SessionAttributes maps span attribute names to session metadata
+	// keys: {tenant.id: tenant} puts each session's metadata["tenant"] on
+	// its spans as tenant.id.
+	SessionAttributes map[string]string `yaml:"session_attributes"`
 }
 
 // Duration is a time.Duration written as "30s" in YAML.

@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/controlplane"
 )
 
 // denyBash is a hook that denies bash calls, as a policy rule would, and
@@ -49,8 +51,17 @@ func TestADeniedCallHasADecisionSpanAndNoExecAndEveryCallIsAudited(t *testing.T)
 		t.Fatal(err)
 	}
 	opts.Audit = aw
+	opts.SessionAttributes = map[string]string{"tenant.id": "tenant", "enduser.id": "user"}
 	rw := h.startWorker(opts)
-	id := h.newSession("s")
+	sess, err := h.client.Beta.Sessions.New(context.Background(), anthropic.BetaSessionNewParams{
+		Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_s")},
+		EnvironmentID: controlplane.DefaultEnvironmentID,
+		Metadata:      map[string]string{"tenant": "acme", "user": "alice@example.com"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := sess.ID
 	h.waitScenario(id, "passed")
 	waitFor(t, "work span ended", func() bool { return hasSpan(spans.Ended(), "perimeter.work") })
 	if err := rw.stop(t); err != nil {
@@ -87,6 +98,14 @@ func TestADeniedCallHasADecisionSpanAndNoExecAndEveryCallIsAudited(t *testing.T)
 	}
 	if !hasSpan(spans.Ended(), "perimeter.sandbox.start") {
 		t.Error("no sandbox start span")
+	}
+	// The operator's metadata attributes are on the session and its calls.
+	for _, s := range spans.Ended() {
+		if s.Name() == "perimeter.session" || attr(s, "gen_ai.operation.name") == "execute_tool" {
+			if attr(s, "tenant.id") != "acme" || attr(s, "enduser.id") != "alice@example.com" {
+				t.Errorf("span %s lacks the session's metadata attributes: %v", s.Name(), s.Attributes())
+			}
+		}
 	}
 
 	// The audit log verifies, holds no payload, and tells each call's story.

@@ -139,6 +139,7 @@ func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool,
 		attribute.String("perimeter.tool_use.id", c.ToolUseID),
 		attribute.String("perimeter.sandbox.runtime", s.w.opts.Runtime.Name()),
 	)
+	span.SetAttributes(s.attrs...)
 	start := time.Now()
 	o, err := s.decideAndRun(ctx, tool, c)
 	if err != nil {

@@ -2,10 +2,20 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
+	"log/slog"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/perimeterhq/perimeter/internal/audit"
 )
 
 // BenchmarkCapText caps tool results: one under the 100 KiB cap (returned
@@ -55,3 +65,72 @@ func BenchmarkJournalCall(b *testing.B) {
 		}
 	}
 }
+
+// echoTool is a tool that answers at once, so that a benchmark measures
+// the gate around it.
+type echoTool struct{}
+
+func (echoTool) Name() string        { return "echo" }
+func (echoTool) Description() string { return "echo" }
+func (echoTool) InputSchema() anthropic.BetaToolInputSchemaParam {
+	return anthropic.BetaToolInputSchemaParam{}
+}
+func (echoTool) Execute(context.Context, json.RawMessage) ([]anthropic.BetaToolResultBlockParamContentUnion, error) {
+	return []anthropic.BetaToolResultBlockParamContentUnion{{OfText: &anthropic.BetaTextBlockParam{Text: "ok"}}}, nil
+}
+
+// BenchmarkGateCall is one tool call through the whole gate (journal,
+// hooks, decision, metrics, log line) with telemetry and the audit log off,
+// and on: spans recorded by the SDK (batched to an exporter that drops
+// them) and every record appended to an audit log (fsynced each second, the
+// worker's default). Compare the two in one run.
+func BenchmarkGateCall(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "telemetry=off"
+		if on {
+			name = "telemetry=on"
+		}
+		b.Run(name, func(b *testing.B) {
+			dir := b.TempDir()
+			j, err := openJournal(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = j.close() })
+			opts := Options{Runtime: fakeRuntime{}, ToolTimeout: time.Minute, MaxOutputBytes: 100 << 10}
+			var tp trace.TracerProvider = noop.NewTracerProvider()
+			if on {
+				sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
+				b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
+				tp = sdk
+				aw, err := audit.Open(filepath.Join(dir, "audit"), audit.Options{SyncInterval: time.Second})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = aw.Close() })
+				opts.Audit = aw
+			}
+			w := &Worker{opts: opts, journal: j, metrics: NewMetrics(nil), tracer: tp.Tracer("bench")}
+			s := &session{w: w, sessionID: "sesn_bench", workID: "work_bench", inFlight: map[string]bool{},
+				log: slog.New(slog.DiscardHandler)}
+			tracer := callIDTracer{Tracer: tp.Tracer("runner")}
+			input := json.RawMessage(`{"command":"true"}`)
+			i := 0
+			for b.Loop() {
+				i++
+				ctx, span := tracer.Start(context.Background(), "execute_tool echo",
+					trace.WithAttributes(genAIToolCallID.String("sevt_"+strconv.Itoa(i))))
+				o, err := s.run(ctx, echoTool{}, false, input)
+				span.End()
+				if err != nil || o.IsError {
+					b.Fatalf("call: %+v, %v", o, err)
+				}
+			}
+		})
+	}
+}
+
+type discardExporter struct{}
+
+func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardExporter) Shutdown(context.Context) error                             { return nil }

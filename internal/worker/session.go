@@ -50,6 +50,9 @@ type session struct {
 	current atomic.Pointer[runningCall]
 	// calls counts the calls that passed the gate.
 	calls atomic.Int64
+	// attrs are the span attributes taken from the session's metadata
+	// (Options.SessionAttributes).
+	attrs []attribute.KeyValue
 
 	mu       sync.Mutex      // guards the fields below
 	inFlight map[string]bool // calls that entered the gate and are not yet posted
@@ -208,6 +211,18 @@ func (s *session) serve(ctx context.Context, drained <-chan struct{}) itemResult
 
 var errSkipped = errors.New("nothing to run")
 
+// metadataAttributes are the span attributes the operator takes from the
+// session's metadata.
+func (s *session) metadataAttributes() []attribute.KeyValue {
+	var out []attribute.KeyValue
+	for name, key := range s.w.opts.SessionAttributes {
+		if v, ok := s.metadata[key]; ok {
+			out = append(out, attribute.String(name, v))
+		}
+	}
+	return out
+}
+
 // runSession runs the tool loop until the session ends, the lease ends or
 // ctx is cancelled.
 func (s *session) runSession(ctx context.Context) error {
@@ -249,6 +264,8 @@ func (s *session) runSession(ctx context.Context) error {
 		return errSkipped
 	}
 	s.agent, s.metadata = sess.Agent.ID, sess.Metadata
+	s.attrs = s.metadataAttributes()
+	trace.SpanFromContext(ctx).SetAttributes(s.attrs...)
 	s.audit(ctx, "", audit.SessionStarted{
 		EnvironmentID: s.w.opts.EnvironmentID, WorkerID: s.w.opts.WorkerID, Agent: s.agent,
 		Runtime: s.w.opts.Runtime.Name(), Image: s.w.image(),

@@ -93,6 +93,10 @@ type Options struct {
 	// Audit receives a record of every session, decision, result, egress
 	// request and lost lease; nil writes none.
 	Audit AuditLog
+	// SessionAttributes maps span attribute names (tenant.id, enduser.id)
+	// to the session metadata keys whose values they take, on the session's
+	// span and each of its tool calls' spans.
+	SessionAttributes map[string]string
 	// TracerProvider receives the work-item, session and tool-call spans;
 	// nil = no spans.
 	TracerProvider trace.TracerProvider
