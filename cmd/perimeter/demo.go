@@ -138,7 +138,7 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 		cfg.Sandbox.InsecureProcessRuntime = true
 	}
 	fmt.Fprintln(out, "Picking the strongest sandbox runtime this host offers…")
-	w, _, closeWorker, err := newWorker(ctx, cfg, envKey, log.With(slog.String("component", "worker")), nil)
+	w, _, closeWorker, err := newWorker(ctx, cfg, envKey, log.With(slog.String("component", "worker")), observability{})
 	if err != nil {
 		return err
 	}

@@ -126,7 +126,24 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		defer cancel()
 		_ = shutdownTracing(sctx)
 	}()
-	w, gate, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, tp)
+	// Logs and metrics go out over OTLP too, under the same switches; the
+	// process log fans out to the log exporter.
+	reg := prometheus.NewRegistry()
+	tel, err := audit.StartTelemetry(ctx, audit.TelemetryOptions{
+		ServiceName: "perimeter-worker", Version: version, Enabled: cfg.Telemetry.Enabled, Metrics: reg,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tel.Shutdown(sctx)
+	}()
+	if tel.Handler != nil {
+		log = slog.New(slog.NewMultiHandler(log.Handler(), tel.Handler))
+	}
+	w, gate, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, observability{tp: tp, reg: reg, events: tel.Logs})
 	if err != nil {
 		return err
 	}
@@ -162,7 +179,15 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 // newWorker builds a worker, and its sandbox runtime, from cfg and the
 // environment key. The returned close releases the runtime after the
 // worker is done.
-func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog.Logger, tp trace.TracerProvider) (*worker.Worker, *approval.Gate, func(), error) {
+// observability is where a worker's spans, metrics and audit events go;
+// zero fields mean none (and a private metrics registry).
+type observability struct {
+	tp     trace.TracerProvider
+	reg    *prometheus.Registry
+	events *slog.Logger // OpenTelemetry log records of the audit events
+}
+
+func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog.Logger, obs observability) (*worker.Worker, *approval.Gate, func(), error) {
 	if cfg.Worker.ID == "" {
 		cfg.Worker.ID = defaultWorkerID(cfg.Worker.StateDir)
 	}
@@ -175,15 +200,20 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 	}
 	var auditLog worker.AuditLog
 	closeAudit := func() {}
+	if auditW != nil || obs.events != nil {
+		auditLog = audit.Events{Log: auditW, OTel: obs.events}
+	}
 	if auditW != nil {
-		auditLog = auditW
 		closeAudit = func() {
 			if err := auditW.Close(); err != nil {
 				log.Error("closing the audit log", slog.Any("error", err))
 			}
 		}
 	}
-	reg := prometheus.NewRegistry()
+	reg := obs.reg
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
 	gate, err := newGate(ctx, cfg, reg, auditLog, log)
 	if err != nil {
 		closeAudit()
@@ -224,7 +254,7 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		SandboxEnv:        cfg.Sandbox.Env,
 		Egress:            eg,
 		CustomTools:       cfg.CustomTools,
-		TracerProvider:    tp,
+		TracerProvider:    obs.tp,
 		Logger:            log,
 		Hooks:             []worker.Hook{gate},
 		Audit:             auditLog,

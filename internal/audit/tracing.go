@@ -13,9 +13,7 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -58,14 +56,9 @@ func Tracing(ctx context.Context, opts TracingOptions) (trace.TracerProvider, fu
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
 		return tp, tp.Shutdown, nil
 	}
-	res, err := resource.New(ctx,
-		resource.WithAttributes(semconv.ServiceName(opts.ServiceName), semconv.ServiceVersion(opts.Version)),
-		resource.WithFromEnv(), // OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
-		resource.WithTelemetrySDK(),
-		resource.WithHost(),
-	)
+	res, err := processResource(ctx, opts.ServiceName, opts.Version)
 	if err != nil {
-		return nil, nil, fmt.Errorf("build OpenTelemetry resource: %w", err)
+		return nil, nil, err
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return tp, tp.Shutdown, nil

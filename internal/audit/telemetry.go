@@ -1,0 +1,216 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/contrib/bridges/otelslog"
+	promBridge "go.opentelemetry.io/contrib/bridges/prometheus"
+	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploghttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+)
+
+// Telemetry is the process's OTLP export of metrics and logs, next to
+// Tracing's spans, configured by the same standard variables. Its zero
+// value exports nothing.
+type Telemetry struct {
+	// Logs, when set, is a logger whose records become OpenTelemetry log
+	// records (the slog bridge); nil when log export is off.
+	Logs *slog.Logger
+	// Handler is Logs' handler, to fan the process log out to it.
+	Handler slog.Handler
+
+	shutdown []func(context.Context) error
+}
+
+// TelemetryOptions configure StartTelemetry.
+type TelemetryOptions struct {
+	ServiceName, Version string
+	// Enabled exports even when no OTLP endpoint is set.
+	Enabled bool
+	// Metrics is the Prometheus registry whose metrics are also exported
+	// over OTLP; nil exports none.
+	Metrics *prometheus.Registry
+	// MetricInterval is how often metrics are exported; 0 means
+	// OTEL_METRIC_EXPORT_INTERVAL, else 60s.
+	MetricInterval time.Duration
+	// LogExporter and MetricExporter replace the OTLP exporters (tests).
+	LogExporter    sdklog.Exporter
+	MetricExporter sdkmetric.Exporter
+}
+
+// StartTelemetry starts OTLP export of logs and metrics when an endpoint is
+// configured (OTEL_EXPORTER_OTLP_ENDPOINT, or the signal's own
+// OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / _METRICS_ENDPOINT) or opts.Enabled;
+// OTEL_LOGS_EXPORTER=none, OTEL_METRICS_EXPORTER=none and
+// OTEL_SDK_DISABLED=true turn a signal off. The protocol is
+// OTEL_EXPORTER_OTLP_(LOGS_|METRICS_)PROTOCOL: grpc or http/protobuf.
+// Headers (OTEL_EXPORTER_OTLP_HEADERS) and the resource
+// (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME) follow the variables too.
+func StartTelemetry(ctx context.Context, opts TelemetryOptions) (*Telemetry, error) {
+	t := &Telemetry{}
+	var res *resource.Resource
+	resourceOnce := func() (*resource.Resource, error) {
+		if res != nil {
+			return res, nil
+		}
+		var err error
+		res, err = processResource(ctx, opts.ServiceName, opts.Version)
+		return res, err
+	}
+
+	logExp := opts.LogExporter
+	if logExp == nil && signalEnabled("LOGS", opts.Enabled) {
+		var err error
+		switch p := signalProtocol("LOGS"); p {
+		case "grpc":
+			logExp, err = otlploggrpc.New(ctx)
+		case "http/protobuf", "":
+			logExp, err = otlploghttp.New(ctx)
+		default:
+			err = fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported: use grpc or http/protobuf", p)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create OTLP log exporter: %w", err)
+		}
+	}
+	if logExp != nil {
+		r, err := resourceOnce()
+		if err != nil {
+			return nil, err
+		}
+		lp := sdklog.NewLoggerProvider(sdklog.WithProcessor(sdklog.NewBatchProcessor(logExp)), sdklog.WithResource(r))
+		t.shutdown = append(t.shutdown, lp.Shutdown)
+		t.Handler = otelslog.NewHandler("github.com/perimeterhq/perimeter", otelslog.WithLoggerProvider(lp), otelslog.WithSource(false))
+		t.Logs = slog.New(t.Handler)
+	}
+
+	metricExp := opts.MetricExporter
+	if metricExp == nil && opts.Metrics != nil && signalEnabled("METRICS", opts.Enabled) {
+		var err error
+		switch p := signalProtocol("METRICS"); p {
+		case "grpc":
+			metricExp, err = otlpmetricgrpc.New(ctx)
+		case "http/protobuf", "":
+			metricExp, err = otlpmetrichttp.New(ctx)
+		default:
+			err = fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported: use grpc or http/protobuf", p)
+		}
+		if err != nil {
+			t.Shutdown(ctx)
+			return nil, fmt.Errorf("create OTLP metric exporter: %w", err)
+		}
+	}
+	if metricExp != nil && opts.Metrics != nil {
+		r, err := resourceOnce()
+		if err != nil {
+			t.Shutdown(ctx)
+			return nil, err
+		}
+		var readerOpts []sdkmetric.PeriodicReaderOption
+		readerOpts = append(readerOpts, sdkmetric.WithProducer(promBridge.NewMetricProducer(promBridge.WithGatherer(opts.Metrics))))
+		if opts.MetricInterval > 0 {
+			readerOpts = append(readerOpts, sdkmetric.WithInterval(opts.MetricInterval))
+		}
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewPeriodicReader(metricExp, readerOpts...)), sdkmetric.WithResource(r))
+		t.shutdown = append(t.shutdown, mp.Shutdown)
+	}
+	return t, nil
+}
+
+// Shutdown flushes and stops the exporters.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, f := range t.shutdown {
+		errs = append(errs, f(ctx))
+	}
+	t.shutdown = nil
+	return errors.Join(errs...)
+}
+
+// processResource is the resource every signal reports: the service, the
+// variables' attributes, the SDK and the host.
+func processResource(ctx context.Context, service, version string) (*resource.Resource, error) {
+	res, err := resource.New(ctx,
+		resource.WithAttributes(semconv.ServiceName(service), semconv.ServiceVersion(version)),
+		resource.WithFromEnv(), // OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
+		resource.WithTelemetrySDK(),
+		resource.WithHost(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("build OpenTelemetry resource: %w", err)
+	}
+	return res, nil
+}
+
+func signalEnabled(signal string, enabled bool) bool {
+	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") || strings.EqualFold(os.Getenv("OTEL_"+signal+"_EXPORTER"), "none") {
+		return false
+	}
+	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
+}
+
+func signalProtocol(signal string) string {
+	if p := os.Getenv("OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL"); p != "" {
+		return p
+	}
+	return os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+}
+
+// Events tees audit records to OpenTelemetry log records: each record is
+// also an event named for its kind (tool_decision, tool_result,
+// approval_requested, approval_decided, egress_blocked,
+// credential_injected, lease_lost, …) with the same ids and data, in the
+// trace of the context it was appended with. Payload fields never leave
+// the local log.
+type Events struct {
+	// Log is the local audit log; nil writes none.
+	Log *Writer
+	// OTel receives the events; nil sends none.
+	OTel *slog.Logger
+}
+
+// Append writes r to the log and emits it as an event.
+func (e Events) Append(ctx context.Context, r Record) error {
+	var err error
+	if e.Log != nil {
+		err = e.Log.Append(ctx, r)
+	}
+	if e.OTel != nil {
+		kind := r.Kind
+		if d, ok := r.Data.(Data); ok && kind == "" {
+			kind = d.Kind()
+		}
+		attrs := []slog.Attr{slog.String("event.name", string(kind))}
+		for _, id := range []struct{ k, v string }{{"session_id", r.SessionID}, {"work_id", r.WorkID}, {"tool_use_id", r.ToolUseID}} {
+			if id.v != "" {
+				attrs = append(attrs, slog.String(id.k, id.v))
+			}
+		}
+		if r.Data != nil {
+			var fields map[string]any
+			if b, jerr := json.Marshal(r.Data); jerr == nil && json.Unmarshal(b, &fields) == nil {
+				var data []any
+				for k, v := range fields {
+					data = append(data, slog.Any(k, v))
+				}
+				attrs = append(attrs, slog.Group("data", data...))
+			}
+		}
+		e.OTel.LogAttrs(ctx, slog.LevelInfo, string(kind), attrs...)
+	}
+	return err
+}
