@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
@@ -49,7 +51,7 @@ func (s *countedSandbox) Close(context.Context) error {
 func TestASandboxStartedAtClaimIsClosedWhenTheSessionEndsFirst(t *testing.T) {
 	for _, wait := range []time.Duration{0, 5 * time.Millisecond, 40 * time.Millisecond} {
 		rt := &slowRuntime{}
-		s := &session{w: &Worker{opts: Options{Runtime: rt}, metrics: NewMetrics(nil)}, log: slog.New(slog.DiscardHandler)}
+		s := &session{w: &Worker{opts: Options{Runtime: rt}, metrics: NewMetrics(nil), tracer: noop.NewTracerProvider().Tracer("")}, log: slog.New(slog.DiscardHandler)}
 		sb := &sessionSandbox{s: s}
 		started := make(chan struct{})
 		go func() {
@@ -74,7 +76,7 @@ func TestASandboxStartedAtClaimIsClosedWhenTheSessionEndsFirst(t *testing.T) {
 // second sandbox.
 func TestTheFirstCallUsesTheSandboxStartedAtClaim(t *testing.T) {
 	rt := &slowRuntime{}
-	s := &session{w: &Worker{opts: Options{Runtime: rt}, metrics: NewMetrics(nil)}, log: slog.New(slog.DiscardHandler)}
+	s := &session{w: &Worker{opts: Options{Runtime: rt}, metrics: NewMetrics(nil), tracer: noop.NewTracerProvider().Tracer("")}, log: slog.New(slog.DiscardHandler)}
 	sb := &sessionSandbox{s: s}
 	go func() { _, _ = sb.current(context.Background()) }()
 	time.Sleep(time.Millisecond)
