@@ -62,7 +62,11 @@ func BenchmarkDownload(b *testing.B) {
 		Credentials: []Credential{{Name: "token", Placeholder: ph, Hosts: []string{"dl.test"}}},
 		Secrets:     &staticSecrets{values: map[string]string{"token": "tok_" + newCanary()}},
 	}, onUnixSocket)
-	direct := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.pool, ServerName: "dl.test"}}}
+	// Set up like the proxied client (testEnv.client), so that the two compare.
+	direct := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:    &tls.Config{RootCAs: pki.pool, ServerName: "dl.test"},
+		DisableCompression: true,
+	}}
 	b.Cleanup(direct.CloseIdleConnections)
 	for _, bc := range []struct {
 		name   string
@@ -88,5 +92,23 @@ func BenchmarkDownload(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkRedaction scans random bytes, like those of the compressed
+// archives most large downloads are, for every form of one value.
+func BenchmarkRedaction(b *testing.B) {
+	var pats []pattern
+	for _, f := range secretForms([]byte("tok_" + newCanary())) {
+		pats = append(pats, pattern{text: f, repl: []byte("[redacted:token]")})
+	}
+	m := newMatcher(pats)
+	text := make([]byte, 1<<20)
+	_, _ = mrand.NewChaCha8([32]byte{}).Read(text)
+	b.SetBytes(int64(len(text)))
+	for b.Loop() {
+		if _, _, matched, _ := m.scan(nil, text, true, nil); matched {
+			b.Fatal("matched random bytes")
+		}
 	}
 }

@@ -3,6 +3,7 @@ package egress
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -68,11 +69,15 @@ type innerConn struct {
 	// batch, when set, is under the TLS connection: each Write's records
 	// leave in one system call rather than one per record.
 	batch *batchConn
+	// holding leaves the records in the batch after each Write, to leave
+	// when the batch is full or flushed: set while a body is copied
+	// (copyBody), which flushes after each piece.
+	holding atomic.Bool
 }
 
 func (c *innerConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
-	if c.batch != nil {
+	if c.batch != nil && !c.holding.Load() {
 		if ferr := c.batch.flush(); err == nil {
 			err = ferr
 		}

@@ -39,6 +39,7 @@ type deadlineConn struct {
 	net.Conn
 	deadline time.Time
 	written  []byte
+	writes   int
 }
 
 func (c *deadlineConn) Write(b []byte) (int, error) {
@@ -46,6 +47,7 @@ func (c *deadlineConn) Write(b []byte) (int, error) {
 		return 0, os.ErrDeadlineExceeded
 	}
 	c.written = append(c.written, b...)
+	c.writes++
 	return len(b), nil
 }
 
@@ -63,5 +65,26 @@ func TestBatchSendsWhatItHoldsBeforeADeadline(t *testing.T) {
 	_ = c.Close()
 	if string(under.written) != "close_notify" {
 		t.Fatalf("written = %q", under.written)
+	}
+}
+
+// While a body is copied, the records of many writes leave together.
+func TestHeldWritesLeaveInOneWrite(t *testing.T) {
+	under := &deadlineConn{}
+	batch := &batchConn{Conn: under}
+	ic := &innerConn{Conn: batch, batch: batch}
+	ic.holding.Store(true)
+	_, _ = ic.Write([]byte("first "))
+	_, _ = ic.Write([]byte("second"))
+	if len(under.written) != 0 {
+		t.Fatalf("written while held: %q", under.written)
+	}
+	if err := batch.flush(); err != nil {
+		t.Fatal(err)
+	}
+	ic.holding.Store(false)
+	_, _ = ic.Write([]byte(" third"))
+	if string(under.written) != "first second third" || under.writes != 2 {
+		t.Fatalf("written %q in %d writes", under.written, under.writes)
 	}
 }

@@ -27,8 +27,11 @@
 //   - Every value the proxy has substituted in the session is redacted from
 //     what the sandbox receives through it — response headers and bodies,
 //     refusals, records, logs — as is, URL- and JSON-escaped, and
-//     base64-encoded at any alignment. This is a second line, not a
-//     guarantee: an upstream that transforms a value otherwise (reverses,
+//     base64-encoded at any alignment. A value first substituted while a
+//     response is on its way is redacted from the rest of that body, which
+//     keeps its length if the sandbox was told it; a body that began
+//     before any value was known, in an encoding the sandbox asked for,
+//     passes as it is. This is a second line, not a guarantee: an upstream that transforms a value otherwise (reverses,
 //     hashes, compresses it in a format the proxy cannot undo), or a host
 //     the sandbox reaches through an untouched tunnel that stores what a
 //     credential's host echoed, can still show it. Credentials that allow

@@ -11,7 +11,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -122,38 +121,53 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, interc
 func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Response, rec *Record, what string) {
 	h := w.Header()
 	copyHeader(h, resp.Header)
-	var body io.Reader = resp.Body
-	if m := p.redactor.Load(); m != nil {
+	stream := streaming(resp)
+	body := &filter{src: resp.Body, full: !stream}
+	defer body.release()
+	m := p.redactor.Load()
+	if m != nil {
 		for _, vs := range h {
 			for i, s := range vs {
 				vs[i], _ = m.replace(s)
 			}
 		}
-		if bodyAllowed(r.Method, resp.StatusCode) {
-			switch enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); enc {
-			case "", "identity":
-			case "gzip", "x-gzip":
-				zr, err := gzip.NewReader(resp.Body)
-				if err != nil {
-					p.fail(w, rec, what, "the upstream's gzip body is not valid: "+err.Error())
-					return
-				}
-				defer zr.Close()
-				body = zr
-				h.Del("Content-Encoding")
-			default:
-				p.fail(w, rec, what, fmt.Sprintf("the upstream answered with Content-Encoding %q, in which secret values cannot be found and redacted", enc))
+	}
+	if bodyAllowed(r.Method, resp.StatusCode) {
+		enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding")))
+		identity := enc == "" || enc == "identity"
+		switch {
+		case m == nil && identity && len(p.creds) > 0:
+			// No value has been substituted yet, but one may be while
+			// the body streams. Until then the body passes unscanned; the
+			// sandbox has been told its length, if the upstream gave one.
+			body.reload = p.redactor.Load
+			body.sameLength = resp.ContentLength >= 0
+		case m == nil:
+			// Nothing to redact. In an encoding the sandbox asked for, a
+			// value substituted from now on could not be found either.
+		case identity:
+			body.m, body.reload = m, p.redactor.Load
+			h.Del("Content-Length")
+		case enc == "gzip" || enc == "x-gzip":
+			zr, err := gzip.NewReader(resp.Body)
+			if err != nil {
+				p.fail(w, rec, what, "the upstream's gzip body is not valid: "+err.Error())
 				return
 			}
+			defer zr.Close()
+			body.src = zr
+			body.m, body.reload = m, p.redactor.Load
+			h.Del("Content-Encoding")
 			h.Del("Content-Length")
-			rf := newFilter(body, m, nil)
-			rf.full = !streaming(resp)
-			body = rf
+		default:
+			p.fail(w, rec, what, fmt.Sprintf("the upstream answered with Content-Encoding %q, in which secret values cannot be found and redacted", enc))
+			return
 		}
 	}
 	rec.Status = resp.StatusCode
 	w.WriteHeader(resp.StatusCode)
-	n, err := copyBody(w, body, streaming(resp))
+	ic, _ := r.Context().Value(connKey{}).(*innerConn)
+	n, err := copyBody(w, body, stream, ic)
 	rec.BytesIn = n
 	if err != nil && r.Context().Err() == nil {
 		rec.Reason = "the response was cut short: " + err.Error()
@@ -176,41 +190,33 @@ func streaming(resp *http.Response) bool {
 	return resp.ContentLength < 0 || ct == "text/event-stream"
 }
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
 // copyBody copies a response body to the sandbox. A stream is flushed
 // after each read, so that events are not held back; any other body is
-// copied in full buffers, which costs fewer writes and TLS records.
-func copyBody(w http.ResponseWriter, r io.Reader, stream bool) (int64, error) {
-	if f, ok := r.(*filter); ok && !stream {
-		return f.WriteTo(w)
+// copied in large pieces, which cost fewer writes and TLS records. On an
+// intercepted connection (ic), the TLS records of each piece (with the
+// chunk framing and, first, the header) leave in one write.
+func copyBody(w http.ResponseWriter, body *filter, stream bool, ic *innerConn) (int64, error) {
+	send := func() error { return nil }
+	if ic != nil && ic.batch != nil {
+		ic.holding.Store(true)
+		defer ic.holding.Store(false)
+		send = ic.batch.flush
 	}
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
 	rc := http.NewResponseController(w)
 	var n int64
 	for {
-		var k int
-		var err error
-		if stream {
-			k, err = r.Read(buf)
-		} else {
-			k, err = io.ReadFull(r, buf)
-			if err == io.ErrUnexpectedEOF {
-				err = io.EOF
+		b, err := body.next()
+		if len(b) > 0 {
+			k, werr := w.Write(b)
+			n += int64(k)
+			if werr == nil && stream {
+				werr = rc.Flush()
 			}
-		}
-		if k > 0 {
-			wk, werr := w.Write(buf[:k])
-			n += int64(wk)
+			if werr == nil {
+				werr = send()
+			}
 			if werr != nil {
 				return n, werr
-			}
-			if stream {
-				if ferr := rc.Flush(); ferr != nil {
-					return n, ferr
-				}
 			}
 		}
 		if err == io.EOF {

@@ -8,11 +8,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // credEnv is a proxy with one credential, "github", usable on api.test,
@@ -422,5 +425,143 @@ func TestEgressReportsUntrustedSessionCA(t *testing.T) {
 	recs := c.records.waitFor(t, 1)
 	if r := recs[0]; r.Method != "CONNECT" || !r.Intercepted || !strings.Contains(r.Reason, "does the sandbox trust the session CA?") {
 		t.Fatalf("record = %+v", r)
+	}
+}
+
+// A value the session substitutes while a response is on its way is
+// redacted from the rest of that response, wherever reads split it. A
+// response whose length the sandbox was told keeps it.
+func TestEgressRedactsValueSubstitutedDuringAResponse(t *testing.T) {
+	c := newCredEnv(t, nil)
+	// Longer than one piece, so that the sandbox sees the start of the
+	// body while the upstream waits.
+	head := strings.Repeat("h", 2*chunk)
+	tail := " after " + c.value + " end"
+	var mu sync.Mutex
+	proceed := map[string]chan struct{}{"/sized": make(chan struct{}), "/stream": make(chan struct{})}
+	slow := newUpstream(t, c.pki, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		next := proceed[r.URL.Path]
+		mu.Unlock()
+		if r.URL.Path == "/sized" {
+			w.Header().Set("Content-Length", strconv.Itoa(len(head)+len(c.value)+len(tail)))
+		}
+		io.WriteString(w, head)
+		w.(http.Flusher).Flush()
+		<-next
+		half := len(c.value) / 2
+		io.WriteString(w, c.value[:half])
+		w.(http.Flusher).Flush()
+		io.WriteString(w, c.value[half:]+tail)
+	}))
+	c.proxy.rules[0].ports = append(c.proxy.rules[0].ports, slow.port)
+	client := c.client(nil)
+
+	for _, path := range []string{"/sized", "/stream"} {
+		t.Run(path[1:], func(t *testing.T) {
+			resp, err := client.Get(fmt.Sprintf("https://api.test:%d%s", slow.port, path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			start := make([]byte, chunk/2)
+			if _, err := io.ReadFull(resp.Body, start); err != nil {
+				t.Fatal(err)
+			}
+			// The session substitutes the value for the first time.
+			req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/", c.apiTLS.port), nil)
+			req.Header.Set("Authorization", "Bearer "+c.ph)
+			sub, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, sub)
+			close(proceed[path])
+			rest, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := string(start) + string(rest)
+			if strings.Contains(body, c.value) || hasSecret(body, c.value) {
+				t.Fatal("the value reached the sandbox")
+			}
+			if !strings.HasPrefix(body, head) || !strings.Contains(body, "[redacted:github]") {
+				t.Fatalf("body does not end as expected: %q", body[min(len(body), len(head)):])
+			}
+			if path == "/sized" && (resp.ContentLength != int64(len(body)) || len(body) != len(head)+len(c.value)+len(tail)) {
+				t.Fatalf("Content-Length %d, body %d bytes", resp.ContentLength, len(body))
+			}
+		})
+	}
+}
+
+// A large body through interception, redacted, arrives whole and in
+// order, with values straddling the pieces it is copied in.
+func TestEgressDeliversLargeInterceptedBodiesWhole(t *testing.T) {
+	c := newCredEnv(t, nil)
+	text := make([]byte, 3<<20)
+	rng := mrand.New(mrand.NewPCG(9, 10))
+	for i := range text {
+		text[i] = byte(rng.UintN(256))
+	}
+	for at := chunk - 11; at+len(c.value) < len(text); at += chunk + 3 {
+		copy(text[at:], c.value)
+	}
+	big := newUpstream(t, c.pki, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(text)))
+		w.Write(text)
+	}))
+	c.proxy.rules[0].ports = append(c.proxy.rules[0].ports, big.port)
+	client := c.client(nil)
+	for _, substituted := range []bool{false, true} {
+		if substituted {
+			req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/", c.apiTLS.port), nil)
+			req.Header.Set("Authorization", "Bearer "+c.ph)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, resp)
+		}
+		resp, err := client.Get(fmt.Sprintf("https://api.test:%d/", big.port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := readAll(t, resp)
+		want := string(text)
+		if substituted {
+			want = strings.ReplaceAll(want, c.value, "[redacted:github]")
+		}
+		if got != want {
+			t.Fatalf("substituted %v: got %d bytes, want %d, and they differ", substituted, len(got), len(want))
+		}
+	}
+}
+
+// A sandbox that leaves in the middle of a large body ends the upstream
+// request too, rather than leave the proxy reading it.
+func TestEgressEndsUpstreamRequestWhenSandboxLeaves(t *testing.T) {
+	c := newCredEnv(t, nil)
+	ended := make(chan struct{})
+	slow := newUpstream(t, c.pki, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(100<<20))
+		w.Write(make([]byte, 1<<20))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		close(ended)
+	}))
+	c.proxy.rules[0].ports = append(c.proxy.rules[0].ports, slow.port)
+	resp, err := c.client(nil).Get(fmt.Sprintf("https://api.test:%d/", slow.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, chunk)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream request is still open")
 	}
 }

@@ -192,8 +192,10 @@ func NewProxy(opts Options) (*Proxy, error) {
 		// body comes back as sent, unless it must be redacted.
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: 1 << 20,
-		ReadBufferSize:         64 << 10,
-		WriteBufferSize:        64 << 10,
+		// Response bodies are read in pieces larger than this buffer
+		// (see readSlack), which it then passes by.
+		ReadBufferSize:  readSlack,
+		WriteBufferSize: 64 << 10,
 	}
 	errorLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
 	p.server = &http.Server{
@@ -211,7 +213,7 @@ func NewProxy(opts Options) (*Proxy, error) {
 		ErrorLog:          errorLog,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if ic, ok := c.(*innerConn); ok {
-				return context.WithValue(ctx, targetKey{}, ic.target)
+				return context.WithValue(ctx, connKey{}, ic)
 			}
 			return ctx
 		},
@@ -325,7 +327,8 @@ type target struct {
 	port   int
 }
 
-type targetKey struct{}
+// connKey is the context key of the *innerConn a request came on.
+type connKey struct{}
 
 func newTarget(scheme, hostport string) (target, error) {
 	t := target{scheme: scheme}
@@ -416,11 +419,12 @@ func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer p.handlers.Done()
-	t, ok := r.Context().Value(targetKey{}).(target)
+	ic, ok := r.Context().Value(connKey{}).(*innerConn)
 	if !ok {
 		writeText(w, http.StatusInternalServerError, "perimeter egress: no tunnel target")
 		return
 	}
+	t := ic.target
 	if reason := hostMismatch(r, t); reason != "" {
 		start := time.Now()
 		rec := p.newRecord(r.Method, t, r.URL.Path)

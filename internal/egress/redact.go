@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // pattern is a byte string to find in a stream, and what replaces it.
@@ -27,12 +28,15 @@ type pattern struct {
 type matcher struct {
 	pats   []pattern // longest first
 	maxLen int
-	win    int     // window: the shortest pattern, at most maxWindow
-	blk    int     // bytes per block: 2, or 1 if win is 1
-	shift  []uint8 // by block at the window's end: how far to slide
+	win    int             // window: the shortest pattern, at most maxWindow
+	blk    int             // bytes per block: 2, or 1 if win is 1
+	shift  *[1 << 16]uint8 // by block at the window's end: how far to slide
 	// cands lists, by block, the patterns whose window ends with it,
 	// longest first.
 	cands map[int][]int
+
+	sameOnce sync.Once
+	same     *matcher // built by sameLength
 }
 
 // maxWindow keeps shifts within a byte.
@@ -49,7 +53,7 @@ func newMatcher(pats []pattern) *matcher {
 	if m.win < 2 {
 		m.blk = 1
 	}
-	m.shift = make([]uint8, 1<<(8*m.blk))
+	m.shift = new([1 << 16]uint8)
 	for b := range m.shift {
 		m.shift[b] = uint8(m.win - m.blk + 1)
 	}
@@ -62,6 +66,24 @@ func newMatcher(pats []pattern) *matcher {
 		m.cands[b] = append(m.cands[b], k)
 	}
 	return m
+}
+
+// sameLength returns a matcher for the same patterns whose replacements
+// are cut, or padded with '*', to the length of what they replace.
+func (m *matcher) sameLength() *matcher {
+	m.sameOnce.Do(func() {
+		s := &matcher{pats: slices.Clone(m.pats), maxLen: m.maxLen, win: m.win, blk: m.blk, shift: m.shift, cands: m.cands}
+		for i := range s.pats {
+			p := &s.pats[i]
+			repl := make([]byte, len(p.text))
+			for j := copy(repl, p.repl); j < len(repl); j++ {
+				repl[j] = '*'
+			}
+			p.repl = repl
+		}
+		m.same = s
+	})
+	return m.same
 }
 
 // block is the blk bytes of b that end at i.
@@ -86,9 +108,14 @@ func block(b []byte, i, blk int) int {
 func (m *matcher) scan(dst, src []byte, final bool, onMatch func(*pattern) error) (out []byte, used int, matched bool, err error) {
 	i := 0 // src[:i] is handled
 	for pos := m.win - 1; pos < len(src); {
+		if m.blk == 2 {
+			if pos = m.skip(src, pos); pos >= len(src) {
+				break
+			}
+		}
 		b := block(src, pos, m.blk)
-		if sh := m.shift[b]; sh > 0 {
-			pos += int(sh)
+		if sh := int(m.shift[b]); sh > 0 {
+			pos += sh
 			continue
 		}
 		at, best := pos-m.win+1, -1
@@ -134,6 +161,23 @@ func (m *matcher) scan(dst, src []byte, final bool, onMatch func(*pattern) error
 	return dst, end, matched, nil
 }
 
+// skip slides a window ending at pos over blocks that occur in no
+// pattern's window, and returns where it stops: the first window to look
+// at more closely, or len(src) or beyond. The slide is the same for every
+// such block, and testing for it (a branch the processor predicts) rather
+// than adding whatever the table holds lets each load start before the
+// previous one is done. Only for two-byte blocks.
+func (m *matcher) skip(src []byte, pos int) int {
+	far, shift := m.win-1, m.shift
+	for pos < len(src) && pos > 0 { // pos > 0 always; saying so spares a bounds check
+		if int(shift[uint16(src[pos-1])<<8|uint16(src[pos])]) != far {
+			return pos
+		}
+		pos += far
+	}
+	return pos
+}
+
 // holdFrom returns the start of the longest tail of src[from:] that is a
 // proper prefix of some pattern, or len(src).
 func (m *matcher) holdFrom(src []byte, from int) int {
@@ -170,35 +214,55 @@ func (m *matcher) replace(s string) (string, bool) {
 	return string(out), true
 }
 
-// chunk is how much a filter reads from its source at once.
-const chunk = 64 << 10
+// chunk is the least a filter reads before it scans and passes on what it
+// read, unless each read must pass on at once (filter.full). readSlack is
+// room beyond it, one TLS record: every read asks for more than a
+// bufio.Reader of that size (the transport's, see NewProxy) holds, so the
+// reader hands it over without first copying it into its own buffer.
+// tailRoom is room for a held tail, so that the buffer need not grow.
+const (
+	chunk     = 128 << 10
+	readSlack = 16 << 10
+	tailRoom  = 4 << 10
+)
+
+// inputBuffers are filters' input buffers, reused across responses.
+var inputBuffers = sync.Pool{New: func() any { b := make([]byte, 0, chunk+readSlack+tailRoom); return &b }}
 
 // filter is a reader that passes its source through a matcher: it replaces
 // patterns (redaction), or stops at the first one onMatch refuses (a
 // request body carrying a placeholder it must not).
 type filter struct {
-	src     io.Reader
-	m       *matcher
+	src io.Reader
+	// m has the patterns; nil passes the input as it is, unscanned.
+	m *matcher
+	// reload, if set, replaces m after each read: the session's values as
+	// known once the input was read. A value substituted while a body
+	// streams is then redacted from everything read after: an upstream
+	// can learn the value only from a request the proxy sends after it
+	// remembered the value, so nothing read before can carry it (unless
+	// the upstream had the value before the session ever used it).
+	reload  func() *matcher
 	onMatch func(*pattern) error
-	// full makes each fill read until its buffer is full: fewer, larger
-	// scans and writes, for a body whose reader does not wait for it.
+	// sameLength cuts or pads each replacement to the length of what it
+	// replaces (matcher.sameLength): for a body whose length the sandbox
+	// has already been told.
+	sameLength bool
+	// full makes each fill read at least chunk bytes: fewer, larger scans
+	// and writes, for a body whose reader does not wait for it.
 	full bool
 	// in is the input: in[:lent] is being returned as it is (out is a
 	// slice of it), and after it comes a held tail, then new reads.
-	in   []byte
-	lent int
-	buf  []byte // output with replacements; out may be a slice of it
-	out  []byte // what Read returns next
-	err  error  // returned once out is drained
+	in     []byte
+	pooled *[]byte // in's first buffer, from inputBuffers, until release
+	lent   int
+	buf    []byte // output with replacements; out may be a slice of it
+	out    []byte // what Read returns next
+	err    error  // returned once out is drained
 }
 
 func newFilter(src io.Reader, m *matcher, onMatch func(*pattern) error) *filter {
-	return &filter{
-		src:     src,
-		m:       m,
-		onMatch: onMatch,
-		in:      make([]byte, 0, chunk+m.maxLen),
-	}
+	return &filter{src: src, m: m, onMatch: onMatch}
 }
 
 func (f *filter) Read(b []byte) (int, error) {
@@ -213,27 +277,48 @@ func (f *filter) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// next returns the rest of what the last fill produced, or fills again;
+// the slice is valid until the next call. At the end it returns the
+// source's error (io.EOF for a clean end), or the one onMatch returned.
+func (f *filter) next() ([]byte, error) {
+	for len(f.out) == 0 {
+		if f.err != nil {
+			return nil, f.err
+		}
+		f.fill()
+	}
+	out := f.out
+	f.out = nil
+	return out, nil
+}
+
 // WriteTo writes the rest of the filtered stream to w, without copying
 // what it does not change.
 func (f *filter) WriteTo(w io.Writer) (int64, error) {
 	var n int64
 	for {
-		for len(f.out) == 0 {
-			if f.err == io.EOF {
-				return n, nil
-			}
-			if f.err != nil {
-				return n, f.err
-			}
-			f.fill()
+		b, err := f.next()
+		if err == io.EOF {
+			return n, nil
 		}
-		k, err := w.Write(f.out)
+		if err != nil {
+			return n, err
+		}
+		k, err := w.Write(b)
 		n += int64(k)
-		f.out = f.out[k:]
 		if err != nil {
 			return n, err
 		}
 	}
+}
+
+// release returns the input buffer to the pool; the filter is not used
+// after.
+func (f *filter) release() {
+	if f.pooled != nil {
+		inputBuffers.Put(f.pooled)
+	}
+	f.pooled, f.in, f.out = nil, nil, nil
 }
 
 func (f *filter) fill() {
@@ -241,28 +326,48 @@ func (f *filter) fill() {
 		f.in = f.in[:copy(f.in, f.in[f.lent:])]
 		f.lent = 0
 	}
+	if cap(f.in)-len(f.in) < chunk+readSlack {
+		if f.in == nil && f.pooled == nil {
+			f.pooled = inputBuffers.Get().(*[]byte)
+			f.in = (*f.pooled)[:0]
+		} else {
+			f.in = append(make([]byte, 0, len(f.in)+chunk+readSlack+tailRoom), f.in...)
+		}
+	}
+	room := f.in[len(f.in):cap(f.in)]
 	var n int
 	var err error
 	if f.full {
-		n, err = io.ReadFull(f.src, f.in[len(f.in):cap(f.in)])
+		n, err = io.ReadAtLeast(f.src, room, chunk)
 		if err == io.ErrUnexpectedEOF {
 			err = io.EOF
 		}
 	} else {
-		n, err = f.src.Read(f.in[len(f.in):cap(f.in)])
+		n, err = f.src.Read(room)
 	}
 	f.in = f.in[:len(f.in)+n]
 	final := err != nil
-	out, used, matched, merr := f.m.scan(f.buf[:0], f.in, final, f.onMatch)
-	if merr != nil {
-		f.out, f.in, f.err = nil, f.in[:0], merr
-		return
+	if f.reload != nil {
+		f.m = f.reload()
 	}
-	if matched {
-		f.buf, f.out = out, out
-		f.in = f.in[:copy(f.in, f.in[used:])]
+	m := f.m
+	if m == nil {
+		f.out, f.lent = f.in, len(f.in)
 	} else {
-		f.out, f.lent = f.in[:used], used
+		if f.sameLength {
+			m = m.sameLength()
+		}
+		out, used, matched, merr := m.scan(f.buf[:0], f.in, final, f.onMatch)
+		if merr != nil {
+			f.out, f.in, f.err = nil, f.in[:0], merr
+			return
+		}
+		if matched {
+			f.buf, f.out = out, out
+			f.in = f.in[:copy(f.in, f.in[used:])]
+		} else {
+			f.out, f.lent = f.in[:used], used
+		}
 	}
 	if final {
 		f.err = err

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 )
@@ -19,6 +20,12 @@ func redactor(values ...string) *matcher {
 		}
 	}
 	return newMatcher(pats)
+}
+
+// readFiltered reads all of f, then returns its buffers to the pool.
+func readFiltered(f *filter) ([]byte, error) {
+	defer f.release()
+	return io.ReadAll(f)
 }
 
 // chunked is a reader that returns the text in the given pieces.
@@ -46,7 +53,7 @@ func TestRedactionCatchesValuesSplitAcrossReads(t *testing.T) {
 	}
 	for i := 0; i <= len(text); i++ {
 		for j := i; j <= len(text); j += 7 {
-			got, err := io.ReadAll(newFilter(&chunked{pieces: []string{text[:i], text[i:j], text[j:]}}, m, nil))
+			got, err := readFiltered(newFilter(&chunked{pieces: []string{text[:i], text[i:j], text[j:]}}, m, nil))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,7 +62,7 @@ func TestRedactionCatchesValuesSplitAcrossReads(t *testing.T) {
 			}
 		}
 	}
-	got, _ := io.ReadAll(newFilter(iotest.OneByteReader(strings.NewReader(text)), m, nil))
+	got, _ := readFiltered(newFilter(iotest.OneByteReader(strings.NewReader(text)), m, nil))
 	if string(got) != want {
 		t.Fatalf("one byte at a time: got %q", got)
 	}
@@ -126,7 +133,7 @@ func TestRedactionMatchesReferenceOnRandomText(t *testing.T) {
 			pieces = append(pieces, rest[:n])
 			rest = rest[n:]
 		}
-		got, err := io.ReadAll(newFilter(&chunked{pieces: slices.Clone(pieces)}, m, nil))
+		got, err := readFiltered(newFilter(&chunked{pieces: slices.Clone(pieces)}, m, nil))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +149,7 @@ func TestRedactionMatchesReferenceOnRandomText(t *testing.T) {
 
 func TestRedactionPrefersTheLongestValue(t *testing.T) {
 	m := newMatcher([]pattern{{text: []byte("tok"), repl: []byte("[A]")}, {text: []byte("tokXYZ"), repl: []byte("[B]")}})
-	got, err := io.ReadAll(newFilter(&chunked{pieces: []string{"1 tok", "XYZ 2 tok 3"}}, m, nil))
+	got, err := readFiltered(newFilter(&chunked{pieces: []string{"1 tok", "XYZ 2 tok 3"}}, m, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,11 +182,126 @@ func TestFilterStopsAtRefusedPattern(t *testing.T) {
 	m := newMatcher([]pattern{{text: []byte("PLACEHOLDER"), repl: []byte("PLACEHOLDER")}})
 	refuse := func(*pattern) error { return &refusal{"no"} }
 	src := strings.Repeat("x", 100000) + "PLACE" + "HOLDER" + "tail"
-	got, err := io.ReadAll(newFilter(&chunked{pieces: []string{src[:100003], src[100003:]}}, m, refuse))
+	got, err := readFiltered(newFilter(&chunked{pieces: []string{src[:100003], src[100003:]}}, m, refuse))
 	if _, ok := err.(*refusal); !ok {
 		t.Fatalf("err = %v", err)
 	}
 	if bytes.Contains(got, []byte("PLACEHOLDER")) || bytes.Contains(got, []byte("PLACE")) {
 		t.Fatal("the refused pattern passed through")
+	}
+}
+
+// TestRedactionFindsLongValuesInRandomBytes covers the fast slide over
+// text that shares little with the patterns: binary data, long values.
+func TestRedactionFindsLongValuesInRandomBytes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	randBytes := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.UintN(256))
+		}
+		return b
+	}
+	for round := range 30 {
+		var pats []pattern
+		for k := range 1 + rng.IntN(6) {
+			pats = append(pats, pattern{text: randBytes(2 + rng.IntN(60)), repl: []byte{'[', byte('0' + k), ']'}})
+		}
+		m := newMatcher(pats)
+		text := randBytes(rng.IntN(2 * chunk))
+		for range rng.IntN(20) {
+			p := pats[rng.IntN(len(pats))].text
+			at := rng.IntN(len(text) + 1)
+			text = slices.Concat(text[:at], p, text[at:])
+		}
+		want := naiveRedact(string(text), m.pats)
+		var pieces []string
+		for rest := string(text); len(rest) > 0; {
+			n := min(len(rest), 1+rng.IntN(2*chunk))
+			pieces = append(pieces, rest[:n])
+			rest = rest[n:]
+		}
+		f := newFilter(&chunked{pieces: pieces}, m, nil)
+		f.full = round%2 == 0
+		got, err := readFiltered(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != want {
+			t.Fatalf("round %d: output differs from the reference (%d bytes, want %d)", round, len(got), len(want))
+		}
+	}
+}
+
+// revealing is a source that calls reveal before it returns its piece
+// number at: the moment the proxy learns a value, before the upstream can
+// send it.
+type revealing struct {
+	chunked
+	at, n  int
+	reveal func()
+}
+
+func (r *revealing) Read(b []byte) (int, error) {
+	if r.n == r.at {
+		r.reveal()
+	}
+	r.n++
+	return r.chunked.Read(b)
+}
+
+func TestRedactionBeginsWhenAValueBecomesKnown(t *testing.T) {
+	const value = "s3cr3t-VALUE/with+chars"
+	m := redactor(value)
+	for _, sameLength := range []bool{false, true} {
+		for split := 0; split <= len(value); split++ {
+			// The value arrives in pieces 2 and 3, split anywhere;
+			// the proxy learns it before piece 2 is read.
+			pieces := []string{"before, ", "more text ", "a" + value[:split], value[split:] + " after " + value}
+			var known atomic.Pointer[matcher]
+			f := newFilter(&revealing{chunked: chunked{pieces: slices.Clone(pieces)}, at: 2, reveal: func() { known.Store(m) }}, nil, nil)
+			f.reload, f.sameLength = known.Load, sameLength
+			got, err := readFiltered(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := strings.Join(pieces, "")
+			if strings.Contains(string(got), value) || hasSecret(string(got), value) {
+				t.Fatalf("split %d, same length %v: the value passed: %q", split, sameLength, got)
+			}
+			if !strings.HasPrefix(string(got), "before, more text a") {
+				t.Fatalf("split %d: what came before the value changed: %q", split, got)
+			}
+			if sameLength && len(got) != len(in) {
+				t.Fatalf("split %d: %d bytes out of %d: %q", split, len(got), len(in), got)
+			}
+			if !sameLength && string(got) != "before, more text a[R0] after [R0]" {
+				t.Fatalf("split %d: got %q", split, got)
+			}
+		}
+	}
+}
+
+func TestRedactionWithoutPatternsPassesTheInput(t *testing.T) {
+	text := strings.Repeat("0123456789", 30000)
+	f := newFilter(&chunked{pieces: []string{text[:100], text[100:70000], text[70000:]}}, nil, nil)
+	f.reload = func() *matcher { return nil }
+	got, err := readFiltered(f)
+	if err != nil || string(got) != text {
+		t.Fatalf("got %d bytes, %v", len(got), err)
+	}
+}
+
+func TestSameLengthReplacementsFitWhatTheyReplace(t *testing.T) {
+	m := newMatcher([]pattern{
+		{text: []byte("abcdefghijklmnopqrstuvwxyz"), repl: []byte("[redacted:x]")},
+		{text: []byte("0123456"), repl: []byte("[redacted:x]")},
+	})
+	got, _ := m.sameLength().replace("<abcdefghijklmnopqrstuvwxyz> <0123456>")
+	if want := "<[redacted:x]**************> <[redact>"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	if first, again := m.sameLength(), m.sameLength(); first != again {
+		t.Fatal("sameLength built its matcher twice")
 	}
 }
