@@ -16,6 +16,9 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/sandbox/process"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // BenchmarkCapText caps tool results: one under the 100 KiB cap (returned
@@ -79,54 +82,163 @@ func (echoTool) Execute(context.Context, json.RawMessage) ([]anthropic.BetaToolR
 	return []anthropic.BetaToolResultBlockParamContentUnion{{OfText: &anthropic.BetaTextBlockParam{Text: "ok"}}}, nil
 }
 
+// sandboxTool runs its call in a real sandbox.
+type sandboxTool struct{ sb sandbox.Sandbox }
+
+func (sandboxTool) Name() string        { return "bash" }
+func (sandboxTool) Description() string { return "bash" }
+func (sandboxTool) InputSchema() anthropic.BetaToolInputSchemaParam {
+	return anthropic.BetaToolInputSchemaParam{}
+}
+func (t sandboxTool) Execute(ctx context.Context, in json.RawMessage) ([]anthropic.BetaToolResultBlockParamContentUnion, error) {
+	res, err := t.sb.Exec(ctx, sandbox.Call{Tool: "bash", Input: in})
+	if err != nil {
+		return nil, err
+	}
+	return []anthropic.BetaToolResultBlockParamContentUnion{{OfText: &anthropic.BetaTextBlockParam{Text: res.Text}}}, nil
+}
+
 // BenchmarkGateCall is one tool call through the whole gate (journal,
 // hooks, decision, metrics, log line) with telemetry and the audit log off,
 // and on: spans recorded by the SDK (batched to an exporter that drops
 // them) and every record appended to an audit log (fsynced each second, the
-// worker's default). Compare the two in one run.
+// worker's default). The tool is either an echo that answers at once (the
+// gate's own cost) or `bash true` in a process sandbox (a real call).
+// Compare off and on within one run.
 func BenchmarkGateCall(b *testing.B) {
-	for _, on := range []bool{false, true} {
-		name := "telemetry=off"
-		if on {
-			name = "telemetry=on"
-		}
-		b.Run(name, func(b *testing.B) {
-			dir := b.TempDir()
-			j, err := openJournal(dir)
+	for _, tool := range []string{"echo", "sandbox"} {
+		var tl anthropic.BetaTool = echoTool{}
+		if tool == "sandbox" {
+			rt := process.New(process.Options{Binary: testenv.Binary(b)})
+			sb, err := rt.Create(context.Background(), sandbox.Spec{Workspace: b.TempDir(), Env: SandboxEnv(nil)})
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.Cleanup(func() { _ = j.close() })
-			opts := Options{Runtime: fakeRuntime{}, ToolTimeout: time.Minute, MaxOutputBytes: 100 << 10}
-			var tp trace.TracerProvider = noop.NewTracerProvider()
+			b.Cleanup(func() { _ = sb.Close(context.Background()) })
+			tl = sandboxTool{sb: sb}
+		}
+		for _, on := range []bool{false, true} {
+			name := "tool=" + tool + "/telemetry=off"
 			if on {
-				sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
-				b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
-				tp = sdk
-				aw, err := audit.Open(filepath.Join(dir, "audit"), audit.Options{SyncInterval: time.Second})
+				name = "tool=" + tool + "/telemetry=on"
+			}
+			b.Run(name, func(b *testing.B) { benchGateCall(b, tl, on) })
+		}
+	}
+}
+
+// BenchmarkTelemetryThroughput alternates calls with telemetry and audit
+// off and on, one each per iteration on the same sandbox, so that both see
+// the same machine load, and reports throughput on / off
+// ("throughput-ratio"; the target is ≥ 0.95).
+func BenchmarkTelemetryThroughput(b *testing.B) {
+	for _, tool := range []string{"echo", "sandbox"} {
+		b.Run("tool="+tool, func(b *testing.B) {
+			var tl anthropic.BetaTool = echoTool{}
+			if tool == "sandbox" {
+				rt := process.New(process.Options{Binary: testenv.Binary(b)})
+				sb, err := rt.Create(context.Background(), sandbox.Spec{Workspace: b.TempDir(), Env: SandboxEnv(nil)})
 				if err != nil {
 					b.Fatal(err)
 				}
-				b.Cleanup(func() { _ = aw.Close() })
-				opts.Audit = aw
+				b.Cleanup(func() { _ = sb.Close(context.Background()) })
+				tl = sandboxTool{sb: sb}
 			}
-			w := &Worker{opts: opts, journal: j, metrics: NewMetrics(nil), tracer: tp.Tracer("bench")}
-			s := &session{w: w, sessionID: "sesn_bench", workID: "work_bench", inFlight: map[string]bool{},
-				log: slog.New(slog.DiscardHandler)}
-			tracer := callIDTracer{Tracer: tp.Tracer("runner")}
-			input := json.RawMessage(`{"command":"true"}`)
-			i := 0
+			off, on := newBenchGate(b, false), newBenchGate(b, true)
+			var tOff, tOn time.Duration
 			for b.Loop() {
-				i++
-				ctx, span := tracer.Start(context.Background(), "execute_tool echo",
-					trace.WithAttributes(genAIToolCallID.String("sevt_"+strconv.Itoa(i))))
-				o, err := s.run(ctx, echoTool{}, false, input)
-				span.End()
-				if err != nil || o.IsError {
-					b.Fatalf("call: %+v, %v", o, err)
-				}
+				start := time.Now()
+				off.call(b, tl)
+				mid := time.Now()
+				on.call(b, tl)
+				tOff += mid.Sub(start)
+				tOn += time.Since(mid)
 			}
+			b.ReportMetric(float64(tOff)/float64(tOn), "throughput-ratio")
+			b.ReportMetric(float64(tOn-tOff)/float64(b.N)/1e3, "added-µs/call")
 		})
+	}
+}
+
+// benchGate is a session's gate set up for benchmarks.
+type benchGate struct {
+	s      *session
+	tracer trace.Tracer
+	n      int
+}
+
+func newBenchGate(b *testing.B, on bool) *benchGate {
+	dir := b.TempDir()
+	j, err := openJournal(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = j.close() })
+	opts := Options{Runtime: fakeRuntime{}, ToolTimeout: time.Minute, MaxOutputBytes: 100 << 10}
+	var tp trace.TracerProvider = noop.NewTracerProvider()
+	if on {
+		sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
+		b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
+		tp = sdk
+		aw, err := audit.Open(filepath.Join(dir, "audit"), audit.Options{SyncInterval: time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = aw.Close() })
+		opts.Audit = aw
+	}
+	w := &Worker{opts: opts, journal: j, metrics: NewMetrics(nil), tracer: tp.Tracer("bench")}
+	s := &session{w: w, sessionID: "sesn_bench", workID: "work_bench", inFlight: map[string]bool{},
+		log: slog.New(slog.DiscardHandler)}
+	return &benchGate{s: s, tracer: callIDTracer{Tracer: tp.Tracer("runner")}}
+}
+
+func (g *benchGate) call(b *testing.B, tool anthropic.BetaTool) {
+	g.n++
+	ctx, span := g.tracer.Start(context.Background(), "execute_tool",
+		trace.WithAttributes(genAIToolCallID.String("sevt_"+strconv.Itoa(g.n))))
+	o, err := g.s.run(ctx, tool, false, json.RawMessage(`{"command":"true"}`))
+	span.End()
+	if err != nil || o.IsError {
+		b.Fatalf("call: %+v, %v", o, err)
+	}
+}
+
+func benchGateCall(b *testing.B, tool anthropic.BetaTool, on bool) {
+	dir := b.TempDir()
+	j, err := openJournal(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = j.close() })
+	opts := Options{Runtime: fakeRuntime{}, ToolTimeout: time.Minute, MaxOutputBytes: 100 << 10}
+	var tp trace.TracerProvider = noop.NewTracerProvider()
+	if on {
+		sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
+		b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
+		tp = sdk
+		aw, err := audit.Open(filepath.Join(dir, "audit"), audit.Options{SyncInterval: time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = aw.Close() })
+		opts.Audit = aw
+	}
+	w := &Worker{opts: opts, journal: j, metrics: NewMetrics(nil), tracer: tp.Tracer("bench")}
+	s := &session{w: w, sessionID: "sesn_bench", workID: "work_bench", inFlight: map[string]bool{},
+		log: slog.New(slog.DiscardHandler)}
+	tracer := callIDTracer{Tracer: tp.Tracer("runner")}
+	input := json.RawMessage(`{"command":"true"}`)
+	i := 0
+	for b.Loop() {
+		i++
+		ctx, span := tracer.Start(context.Background(), "execute_tool",
+			trace.WithAttributes(genAIToolCallID.String("sevt_"+strconv.Itoa(i))))
+		o, err := s.run(ctx, tool, false, input)
+		span.End()
+		if err != nil || o.IsError {
+			b.Fatalf("call: %+v, %v", o, err)
+		}
 	}
 }
 
