@@ -1,0 +1,83 @@
+package audit
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+// memLogs keeps the log records exported to it.
+type memLogs struct {
+	mu      sync.Mutex
+	records []sdklog.Record
+}
+
+func (m *memLogs) Export(_ context.Context, rs []sdklog.Record) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range rs {
+		m.records = append(m.records, r.Clone())
+	}
+	return nil
+}
+func (m *memLogs) Shutdown(context.Context) error   { return nil }
+func (m *memLogs) ForceFlush(context.Context) error { return nil }
+
+func TestEventsWriteTheLogAndEmitOneLogRecordPerRecordInItsTrace(t *testing.T) {
+	exp := &memLogs{}
+	tel, err := StartTelemetry(context.Background(), TelemetryOptions{ServiceName: "t", LogExporter: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "audit")
+	w, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := Events{Log: w, OTel: tel.Logs}
+	tp := sdktrace.NewTracerProvider()
+	ctx, span := tp.Tracer("t").Start(context.Background(), "call")
+	err = ev.Append(ctx, Record{SessionID: "sesn_1", ToolUseID: "sevt_1",
+		Data:    ToolDecision{Tool: "bash", InputSHA256: "ab", Decision: "deny", DecidedBy: "rule:x"},
+		Payload: map[string]any{"input": "rm -rf /"}})
+	span.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := Verify(dir); err != nil || rep.Records != 1 {
+		t.Errorf("the local log: %+v, %v", rep, err)
+	}
+	exp.mu.Lock()
+	defer exp.mu.Unlock()
+	if len(exp.records) != 1 {
+		t.Fatalf("%d log records exported, want 1", len(exp.records))
+	}
+	r := exp.records[0]
+	if r.Body().AsString() != "tool_decision" || r.TraceID() != span.SpanContext().TraceID() || r.SpanID() != span.SpanContext().SpanID() {
+		t.Errorf("record %q in trace %s span %s; want tool_decision in the call's span", r.Body().AsString(), r.TraceID(), r.SpanID())
+	}
+	attrs := map[string]string{}
+	r.WalkAttributes(func(kv attribute.KeyValue) bool {
+		attrs[string(kv.Key)] = kv.Value.String()
+		return true
+	})
+	if attrs["event.name"] != "tool_decision" || attrs["tool_use_id"] != "sevt_1" || attrs["session_id"] != "sesn_1" {
+		t.Errorf("attributes: %v", attrs)
+	}
+	for k, v := range attrs {
+		if v == "rm -rf /" || k == "payload" {
+			t.Errorf("the payload reached the exported record: %s=%s", k, v)
+		}
+	}
+}
