@@ -1,0 +1,8 @@
+package checkpoint
+
+import "syscall"
+
+const (
+	sysFstatat = syscall.SYS_FSTATAT
+	sysSyncfs  = syscall.SYS_SYNCFS
+)
