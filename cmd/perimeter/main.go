@@ -74,6 +74,7 @@ Offline control plane for development and tests:
 		newApprovalsCmd(),
 		newPolicyCmd(),
 		newAuditCmd(),
+		newCheckpointsCmd(g),
 	)
 	return root
 }

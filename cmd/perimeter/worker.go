@@ -163,6 +163,8 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		mux := http.NewServeMux()
 		mux.Handle("/v1/approvals", approval.Handler(gate, token))
 		mux.Handle("/v1/approvals/", approval.Handler(gate, token))
+		mux.Handle("/v1/checkpoints", checkpointsAPI(w, w.Checkpoints(), token))
+		mux.Handle("/v1/checkpoints/", checkpointsAPI(w, w.Checkpoints(), token))
 		mux.Handle("/", w.AdminHandler())
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
@@ -232,6 +234,19 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		closeAudit()
 		return nil, nil, nil, err
 	}
+	cps, err := openCheckpoints(ctx, cfg, log)
+	if err != nil {
+		closeEgress()
+		rs.Close()
+		gate.Store().Close()
+		closeAudit()
+		return nil, nil, nil, err
+	}
+	closeCheckpoints := func() {
+		if cps != nil {
+			cps.Close()
+		}
+	}
 	var clientOpts []option.RequestOption
 	if cfg.Anthropic.BaseURL != "" {
 		clientOpts = append(clientOpts, option.WithBaseURL(cfg.Anthropic.BaseURL))
@@ -253,6 +268,8 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		MaxOutputBytes:    cfg.Worker.MaxOutputBytes,
 		SandboxEnv:        cfg.Sandbox.Env,
 		Egress:            eg,
+		Checkpoints:       cps,
+		PersistKey:        cfg.Checkpoints.PersistKey,
 		CustomTools:       cfg.CustomTools,
 		TracerProvider:    obs.tp,
 		Logger:            log,
@@ -263,13 +280,21 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		Metrics:           worker.NewMetrics(reg),
 	})
 	if err != nil {
+		closeCheckpoints()
 		closeEgress()
 		rs.Close()
 		gate.Store().Close()
 		closeAudit()
 		return nil, nil, nil, err
 	}
-	return w, gate, func() { w.Close(); closeEgress(); rs.Close(); gate.Store().Close(); closeAudit() }, nil
+	return w, gate, func() {
+		w.Close()
+		closeCheckpoints()
+		closeEgress()
+		rs.Close()
+		gate.Store().Close()
+		closeAudit()
+	}, nil
 }
 
 // reloadOnHUP reloads the policy file on SIGHUP. A policy that does not

@@ -215,6 +215,7 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 	c.Decision = worker.Decision{
 		Policy: stored.Policy, Allowed: stored.State != Denied, By: stored.DecidedBy, Rule: stored.Rule,
 		Waited: waited, Edited: len(stored.EditedInput) > 0,
+		ReadOnly: res.ReadOnly, RollbackOnError: res.RollbackOnError,
 	}
 	g.decisions.WithLabelValues(string(stored.State), byLabel(stored.DecidedBy)).Inc()
 	if created && rec.State == Allowed {

@@ -42,6 +42,27 @@ type Config struct {
 	SecretBackends secrets.Backends `yaml:"secret_backends"`
 	// Audit is the tamper-evident local audit log.
 	Audit Audit `yaml:"audit"`
+	// Checkpoints snapshot each workspace before every call that may write.
+	Checkpoints Checkpoints `yaml:"checkpoints"`
+}
+
+// Checkpoints configures workspace checkpoints (see `perimeter checkpoints`).
+type Checkpoints struct {
+	// Disabled takes none.
+	Disabled bool `yaml:"disabled"`
+	// Dir holds the content-addressed store; empty means
+	// <state_dir>/checkpoints.
+	Dir string `yaml:"dir"`
+	// MaxCount keeps each session's newest checkpoints; 0 means 200.
+	MaxCount int `yaml:"max_count"`
+	// MaxAge drops older checkpoints; 0 means 7 days.
+	MaxAge Duration `yaml:"max_age"`
+	// MaxBytes bounds the store; 0 means 10GiB.
+	MaxBytes ByteSize `yaml:"max_bytes"`
+	// PersistKey is the session metadata key whose value keeps a
+	// workspace across sessions: saved when a session ends, loaded by the
+	// next session with the same value. Empty keeps nothing.
+	PersistKey string `yaml:"persist_key"`
 }
 
 // Audit configures the audit log (see `perimeter audit`).

@@ -169,12 +169,14 @@ func withPlatform(res Result, platform string) Result {
 
 func (o *outcome) result(src Source, name string) Result {
 	return Result{
-		Decision:  o.decision,
-		Source:    src,
-		Rule:      name,
-		Message:   o.message,
-		Deadline:  o.deadline,
-		Channels:  o.channels,
-		AllowEdit: o.allowEdit,
+		Decision:        o.decision,
+		Source:          src,
+		Rule:            name,
+		Message:         o.message,
+		Deadline:        o.deadline,
+		Channels:        o.channels,
+		AllowEdit:       o.allowEdit,
+		ReadOnly:        o.readOnly,
+		RollbackOnError: o.rollbackOnError,
 	}
 }

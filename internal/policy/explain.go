@@ -82,6 +82,12 @@ func (p *Policy) Explain(c Call) string {
 		}
 		fmt.Fprintf(&b, "  allow_edit: %t\n", res.AllowEdit)
 	}
+	if res.ReadOnly {
+		fmt.Fprintln(&b, "  read_only: no checkpoint before it")
+	}
+	if res.RollbackOnError {
+		fmt.Fprintln(&b, "  rollback: on_error")
+	}
 	return b.String()
 }
 

@@ -39,8 +39,8 @@ func (e *Error) Error() string {
 // Keys of a policy file.
 var (
 	topKeys     = []string{"version", "default", "rules", "egress"}
-	defaultKeys = []string{"decision", "message", "deadline", "channels", "allow_edit"}
-	ruleKeys    = []string{"name", "tools", "when", "decision", "message", "deadline", "channels", "allow_edit"}
+	defaultKeys = []string{"decision", "message", "deadline", "channels", "allow_edit", "read_only", "rollback"}
+	ruleKeys    = []string{"name", "tools", "when", "decision", "message", "deadline", "channels", "allow_edit", "read_only", "rollback"}
 )
 
 // Parse parses and compiles a policy file; filename is used in errors and as
@@ -358,6 +358,24 @@ func (ps *parser) outcome(m *yaml.Node, f map[string]field, what string, o *outc
 		if fl.val.Kind != yaml.ScalarNode || fl.val.Tag != "!!bool" || fl.val.Decode(&o.allowEdit) != nil {
 			ps.errorf(fl.val, "%s: allow_edit must be true or false", what)
 		}
+	}
+	// What a call that runs does to the workspace's checkpoints.
+	if fl, ok := f["read_only"]; ok {
+		ps.boolean(fl, what, &o.readOnly)
+	}
+	if fl, ok := f["rollback"]; ok {
+		if s, ok := ps.str(fl, what); ok {
+			switch s {
+			case "on_error":
+				o.rollbackOnError = true
+			case "never":
+			default:
+				ps.errorf(fl.val, "%s: rollback must be on_error or never, not %q", what, s)
+			}
+		}
+	}
+	if o.readOnly && o.rollbackOnError {
+		ps.errorf(m, "%s: a read_only call takes no checkpoint, so it cannot be rolled back on error", what)
 	}
 }
 

@@ -41,7 +41,7 @@ func TestParseReportsEachErrorAtItsPosition(t *testing.T) {
     decision: deny
     colour: red
 `,
-			want: []string{`p.yaml:8:5: rule "a": unknown key "colour" (want name, tools, when, decision, message, deadline, channels or allow_edit)`},
+			want: []string{`p.yaml:8:5: rule "a": unknown key "colour" (want name, tools, when, decision, message, deadline, channels, allow_edit, read_only or rollback)`},
 		},
 		{
 			name: "unknown top-level key",
@@ -58,7 +58,7 @@ default:
   decision: ask
   tools: [bash]
 `,
-			want: []string{`p.yaml:4:3: default: unknown key "tools" (want decision, message, deadline, channels or allow_edit)`},
+			want: []string{`p.yaml:4:3: default: unknown key "tools" (want decision, message, deadline, channels, allow_edit, read_only or rollback)`},
 		},
 		{
 			name: "bad decision",

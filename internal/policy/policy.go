@@ -103,6 +103,12 @@ type Result struct {
 	Channels []string `json:"channels,omitempty"`
 	// AllowEdit lets a reviewer approve an ask or defer with an edited input.
 	AllowEdit bool `json:"allow_edit,omitempty"`
+	// ReadOnly says the call cannot change the workspace: no checkpoint is
+	// taken before it.
+	ReadOnly bool `json:"read_only,omitempty"`
+	// RollbackOnError restores the checkpoint taken before the call when
+	// the call ends in an error (it may have changed files half way).
+	RollbackOnError bool `json:"rollback_on_error,omitempty"`
 	// Matched lists every rule that matched, in file order.
 	Matched []Match `json:"matched,omitempty"`
 	// Notes are remarks on how the call was presented to the conditions,
@@ -117,6 +123,8 @@ type outcome struct {
 	deadline  time.Duration // set (defaulted) for ask and defer
 	channels  []string
 	allowEdit bool
+	// readOnly and rollbackOnError: see Result.
+	readOnly, rollbackOnError bool
 }
 
 // rule is one compiled rule.

@@ -129,6 +129,10 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 	if r.Status != 0 {
 		span.SetAttributes(attribute.Int("http.response.status_code", r.Status))
 	}
+	if len(r.Secrets) > 0 {
+		span.AddEvent("perimeter.credential_injected", trace.WithAttributes(
+			attribute.StringSlice("perimeter.egress.credentials", r.Secrets)), trace.WithTimestamp(end.Add(-r.Duration)))
+	}
 	if !r.Allowed || r.Reason != "" {
 		span.SetStatus(codes.Error, r.Reason)
 	}

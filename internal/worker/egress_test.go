@@ -175,6 +175,9 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 			t.Errorf("egress span %s names call %q, its parent is %q", s.Name(), attr(s, "perimeter.tool_use.id"), attr(call, "gen_ai.tool.call.id"))
 		}
 	}
+	if ev := egressSpans[0].Events(); len(ev) != 1 || ev[0].Name != "perimeter.credential_injected" {
+		t.Errorf("the credential's request has events %v, want one credential_injected", ev)
+	}
 	if v := attr(egressSpans[1], "perimeter.egress.verdict"); v != "blocked" {
 		t.Errorf("the blocked request's verdict = %q", v)
 	}

@@ -63,6 +63,10 @@ type Decision struct {
 	Waited time.Duration
 	// Edited is set when a human approved an edited input.
 	Edited bool
+	// ReadOnly: the call cannot change the workspace, so no checkpoint is
+	// taken before it. RollbackOnError: a call that ends in an error has
+	// the workspace restored to its checkpoint.
+	ReadOnly, RollbackOnError bool
 }
 
 // Outcome is what a call produced.
@@ -228,7 +232,14 @@ func (s *session) decideAndRun(ctx context.Context, tool anthropic.BetaTool, c *
 	case !fresh:
 		return s.replay(ctx, c, existing), nil
 	}
+	cpID := s.checkpoint(ctx, c)
 	o := s.execute(ctx, tool, c)
+	if o.IsError && c.Decision.RollbackOnError && cpID != "" {
+		s.rollbackFailed(ctx, c, cpID, o)
+	}
+	if note := s.takeRollbackNote(); note != "" {
+		o.Text = note + o.Text
+	}
 	s.journalOutcome(ctx, c, o, false)
 	return o, nil
 }

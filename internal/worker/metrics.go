@@ -10,18 +10,19 @@ import (
 
 // Metrics are the worker's Prometheus metrics.
 type Metrics struct {
-	reg             *prometheus.Registry
-	toolCalls       *prometheus.CounterVec
-	toolDuration    *prometheus.HistogramVec
-	sessionsActive  prometheus.Gauge
-	workItems       *prometheus.CounterVec
-	leaseLost       prometheus.Counter
-	pollLatency     prometheus.Histogram
-	sandboxStart    *prometheus.HistogramVec
-	sandboxFailures *prometheus.CounterVec
-	egressRequests  *prometheus.CounterVec
-	egressBytes     *prometheus.CounterVec
-	injections      *prometheus.CounterVec
+	reg               *prometheus.Registry
+	toolCalls         *prometheus.CounterVec
+	toolDuration      *prometheus.HistogramVec
+	sessionsActive    prometheus.Gauge
+	workItems         *prometheus.CounterVec
+	leaseLost         prometheus.Counter
+	pollLatency       prometheus.Histogram
+	sandboxStart      *prometheus.HistogramVec
+	sandboxFailures   *prometheus.CounterVec
+	egressRequests    *prometheus.CounterVec
+	egressBytes       *prometheus.CounterVec
+	injections        *prometheus.CounterVec
+	checkpointSeconds prometheus.Histogram
 }
 
 // NewMetrics registers the worker's metrics in reg; nil = a new registry
@@ -69,8 +70,12 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		injections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "perimeter_credential_injections_total", Help: "Requests a credential's value was substituted into, by secret name.",
 		}, []string{"secret"}),
+		checkpointSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "perimeter_checkpoint_seconds", Help: "Time to checkpoint a workspace before a call that may write.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 3, 10),
+		}),
 	}
-	reg.MustRegister(m.egressRequests, m.egressBytes, m.injections, m.sandboxFailures, m.toolCalls, m.toolDuration, m.sessionsActive, m.workItems, m.leaseLost, m.pollLatency, m.sandboxStart)
+	reg.MustRegister(m.checkpointSeconds, m.egressRequests, m.egressBytes, m.injections, m.sandboxFailures, m.toolCalls, m.toolDuration, m.sessionsActive, m.workItems, m.leaseLost, m.pollLatency, m.sandboxStart)
 	return m
 }
 

@@ -243,14 +243,22 @@ func (s *session) runSession(ctx context.Context) error {
 		return fmt.Errorf("start the session's egress proxy: %w", err)
 	}
 	defer closeEgress()
+	// A workspace kept under a persistence key is saved once the sandbox
+	// is gone (deferred before its close, so run after it).
+	defer s.savePersisted(ctx, workspace)
 	sb := &sessionSandbox{s: s, spec: spec}
 	defer sb.close()
 	// Start the sandbox now, while the session is fetched and its event
 	// stream attached, so its start is off the first call's path (which
 	// waits for it) and a slow or failing start shows at claim time. A
 	// failure here is retried by the first call, which reports it to the
-	// model if it persists.
-	go func() { _, _ = sb.current(ctx) }()
+	// model if it persists. With workspace persistence on, the sandbox
+	// waits for the session's metadata: a saved workspace must be in place
+	// before the sandbox takes it over.
+	persist := s.w.opts.Checkpoints != nil && s.w.opts.PersistKey != ""
+	if !persist {
+		go func() { _, _ = sb.current(ctx) }()
+	}
 
 	sess, err := s.w.opts.Client.Beta.Sessions.Get(ctx, s.sessionID, anthropic.BetaSessionGetParams{}, s.itemOpts...)
 	if err != nil {
@@ -266,6 +274,10 @@ func (s *session) runSession(ctx context.Context) error {
 	s.agent, s.metadata = sess.Agent.ID, sess.Metadata
 	s.attrs = s.metadataAttributes()
 	trace.SpanFromContext(ctx).SetAttributes(s.attrs...)
+	if persist {
+		s.loadPersisted(ctx, workspace)
+		go func() { _, _ = sb.current(ctx) }()
+	}
 	s.audit(ctx, "", audit.SessionStarted{
 		EnvironmentID: s.w.opts.EnvironmentID, WorkerID: s.w.opts.WorkerID, Agent: s.agent,
 		Runtime: s.w.opts.Runtime.Name(), Image: s.w.image(),

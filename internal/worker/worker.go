@@ -37,6 +37,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
@@ -93,6 +94,14 @@ type Options struct {
 	// Audit receives a record of every session, decision, result, egress
 	// request and lost lease; nil writes none.
 	Audit AuditLog
+	// Checkpoints, when set, snapshots the workspace before every call that
+	// may write to it (all but read, glob and grep).
+	Checkpoints *checkpoint.Store
+	// PersistKey names the session metadata key whose value keeps a
+	// workspace across sessions: at the end of a session its workspace is
+	// saved under that value, and a later session with the same value
+	// starts from it. Empty keeps nothing. Needs Checkpoints.
+	PersistKey string
 	// SessionAttributes maps span attribute names (tenant.id, enduser.id)
 	// to the session metadata keys whose values they take, on the session's
 	// span and each of its tool calls' spans.
@@ -117,6 +126,9 @@ type Worker struct {
 	tracer  trace.Tracer
 	builtin map[string]bool
 	ready   atomic.Bool
+	// rollbacks holds, by session id, the note the session's next tool
+	// result carries after an operator restored its workspace.
+	rollbacks sync.Map
 }
 
 // New validates opts and opens the state directory.

@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
+
+	"github.com/perimeterhq/perimeter/internal/approval"
+	"github.com/perimeterhq/perimeter/internal/testenv"
+)
+
+// TestAnOperatorRollsALiveSessionBack: the e2e-checkpoint session wrecks
+// its workspace; while its next call waits for approval, the operator
+// restores the workspace to just before the wrecking call through the
+// CLI; the session goes on with the restored files (contents, links,
+// modes, directories; nothing added since), is told about it, and the
+// audit log records the restore.
+func TestAnOperatorRollsALiveSessionBack(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), "")
+	op := operator(cp.url)
+	state := t.TempDir()
+	w := startWorker(t, cp.url, state, "--policy", "testdata/policies/checkpoint.yaml")
+	target := []string{"--admin-url", w.admin, "--token-file", filepath.Join(state, "admin-token")}
+	id := newSession(t, op, "e2e-checkpoint")
+
+	// The cat waits for approval; the wrecking call is the one before it.
+	var pending approval.Record
+	waitFor(t, "the cat to wait for approval", func() bool {
+		var recs []approval.Record
+		if err := json.Unmarshal([]byte(approvalsCLI(t, append(target, "list", "--json")...)), &recs); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.SessionID == id {
+				pending = r
+				return true
+			}
+		}
+		return false
+	})
+	var wreck string
+	for _, ev := range events(t, op, id) {
+		if ev["type"] == "agent.tool_use" {
+			in, _ := ev["input"].(map[string]any)
+			if cmd, _ := in["command"].(string); strings.Contains(cmd, "WRECKED") {
+				wreck, _ = ev["id"].(string)
+			}
+		}
+	}
+	if wreck == "" {
+		t.Fatal("no tool_use event for the wrecking call")
+	}
+	if b, _ := os.ReadFile(filepath.Join(state, "workspaces", id, "notes", "plan.md")); string(b) != "WRECKED\n" {
+		t.Fatalf("before the restore the plan is %q", b)
+	}
+	out, err := exec.Command(testenv.Binary(t), "checkpoints", "restore", "--session", id, "--before", wreck,
+		"--by", "alice", "--admin-url", w.admin, "--token-file", filepath.Join(state, "admin-token")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "restored "+id) {
+		t.Fatalf("perimeter checkpoints restore: %v\n%s", err, out)
+	}
+	approvalsCLI(t, append(target, "approve", pending.ToolUseID, "--by", "alice")...)
+	waitPassed(t, op, id)
+
+	w.signal(sigterm)
+	if code := w.wait(30 * time.Second); code != 0 {
+		t.Fatalf("worker exited %d", code)
+	}
+	// With the worker gone, the CLI reads the store itself.
+	list, err := exec.Command(testenv.Binary(t), "checkpoints", "list", "--session", id, "--state-dir", state).CombinedOutput()
+	if err != nil || !strings.Contains(string(list), wreck) {
+		t.Errorf("perimeter checkpoints list: %v\n%s", err, list)
+	}
+	// Read, glob and grep take no checkpoint; write and bash do: 4 calls.
+	if n := strings.Count(strings.TrimSpace(string(list)), "\n"); n != 4 {
+		t.Errorf("%d checkpoints listed, want 4:\n%s", n, list)
+	}
+	show, err := exec.Command(testenv.Binary(t), "audit", "show", "--session", id, "--state-dir", state, "--json").CombinedOutput()
+	if err != nil || !strings.Contains(string(show), `"restored_to"`) || !strings.Contains(string(show), `"checkpoint_id"`) {
+		t.Errorf("the audit dossiers lack the checkpoint or the restore: %v\n%s", err, show)
+	}
+}
+
+// TestASessionStartsFromTheWorkspaceItsKeySaved: two sessions whose
+// metadata carry the same persistence key; the second starts with the
+// first one's files, and a session with another key starts empty.
+func TestASessionStartsFromTheWorkspaceItsKeySaved(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "persist.yaml")
+	writeFile(t, cfg, "version: 1\ncheckpoints:\n  persist_key: workspace\n")
+	cp := startControlPlane(t, t.TempDir(), "")
+	op := operator(cp.url)
+	state := t.TempDir()
+	w := startWorker(t, cp.url, state, "--config", cfg)
+	newWith := func(agent, key string) string {
+		s, err := op.Beta.Sessions.New(context.Background(), anthropic.BetaSessionNewParams{
+			Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + agent)},
+			EnvironmentID: envID,
+			Metadata:      map[string]string{"workspace": key},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.ID
+	}
+	a := newWith("e2e-persist-a", "project-1")
+	waitPassed(t, op, a)
+	waitFor(t, "the workspace to be saved", func() bool { return strings.Contains(w.out.String(), "saved the workspace for later sessions") })
+	b := newWith("e2e-persist-b", "project-1")
+	waitPassed(t, op, b)
+	c := newWith("e2e-persist-b", "project-2")
+	waitFor(t, "the session with another key to fail", func() bool { return scenarioOf(t, op, c).Status == "failed" })
+	if _, err := os.Stat(filepath.Join(state, "workspaces", c, "latest")); !os.IsNotExist(err) {
+		t.Errorf("a session with another key found the first one's files: %v", err)
+	}
+}
+
+// TestAFailedCallIsRolledBackWhenItsRuleSaysSo: rollback: on_error
+// restores the workspace after a call that failed half way; read_only
+// calls and the read tool take no checkpoint.
+func TestAFailedCallIsRolledBackWhenItsRuleSaysSo(t *testing.T) {
+	cp := startControlPlane(t, t.TempDir(), "")
+	op := operator(cp.url)
+	state := t.TempDir()
+	w := startWorker(t, cp.url, state, "--policy", "testdata/policies/rollback.yaml")
+	id := newSession(t, op, "e2e-rollback")
+	waitPassed(t, op, id)
+	w.signal(sigterm)
+	if code := w.wait(30 * time.Second); code != 0 {
+		t.Fatalf("worker exited %d", code)
+	}
+	list, err := exec.Command(testenv.Binary(t), "checkpoints", "list", "--session", id, "--state-dir", state, "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("perimeter checkpoints list: %v\n%s", err, list)
+	}
+	var cps []struct{ ToolUseID string }
+	if err := json.Unmarshal(list, &cps); err != nil {
+		t.Fatalf("%v\n%s", err, list)
+	}
+	// The write and the failing bash; not the ls (read_only) nor the read.
+	if len(cps) != 2 {
+		t.Errorf("%d checkpoints, want 2 (write, the failing bash): %s", len(cps), list)
+	}
+}

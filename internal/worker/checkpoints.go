@@ -1,0 +1,214 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/checkpoint"
+)
+
+// readOnlyTools cannot change the workspace; every other tool (write,
+// edit, bash, custom and MCP tools) may.
+var readOnlyTools = map[string]bool{"read": true, "glob": true, "grep": true}
+
+// checkpoint records the workspace as it is just before c runs, keyed by
+// c's tool-use id, so that an operator can roll back to "just before c". A
+// checkpoint that fails is logged and recorded; the call still runs.
+func (s *session) checkpoint(ctx context.Context, c *Call) (id string) {
+	cp := s.w.opts.Checkpoints
+	if cp == nil || readOnlyTools[c.Tool] || c.Decision.ReadOnly {
+		return ""
+	}
+	root, err := s.w.workspace(s.sessionID)
+	if err != nil {
+		s.log.Warn("no checkpoint: the workspace is unavailable", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
+		return ""
+	}
+	ctx, span := s.w.tracer.Start(ctx, "perimeter.checkpoint", trace.WithAttributes(
+		attribute.String("perimeter.tool_use.id", c.ToolUseID),
+	))
+	defer span.End()
+	start := time.Now()
+	res, err := cp.Checkpoint(ctx, root, checkpoint.Key{Session: s.sessionID, ToolUseID: c.ToolUseID})
+	took := time.Since(start)
+	s.w.metrics.checkpointSeconds.Observe(took.Seconds())
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		s.log.Warn("checkpoint failed; the call runs without one", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
+		return ""
+	}
+	span.SetAttributes(
+		attribute.String("perimeter.checkpoint.id", res.ID),
+		attribute.Int("perimeter.checkpoint.files", res.Files),
+		attribute.Int("perimeter.checkpoint.hashed", res.Hashed),
+		attribute.Int64("perimeter.checkpoint.new_bytes", res.NewBytes),
+		attribute.Int("perimeter.checkpoint.skipped", len(res.Skipped)),
+	)
+	if len(res.Skipped) > 0 {
+		first := res.Skipped[0]
+		s.log.Warn("checkpoint left entries out", slog.String("tool_use_id", c.ToolUseID), slog.Int("count", len(res.Skipped)),
+			slog.String("first", first.Path), slog.String("reason", first.Reason))
+	}
+	s.audit(ctx, c.ToolUseID, audit.Checkpoint{ID: res.ID, Bytes: res.NewBytes, DurationMS: took.Milliseconds()}, nil)
+	return res.ID
+}
+
+// RestoreCheckpoint rolls a session's workspace back in place to the
+// checkpoint taken just before the tool call before, or to the checkpoint
+// id. The session's sandbox sees the files change under it; the model is
+// told in the next tool result of the session this worker runs.
+func (w *Worker) RestoreCheckpoint(ctx context.Context, sessionID, before, id, by string) (checkpoint.Checkpoint, checkpoint.RestoreReport, error) {
+	store := w.opts.Checkpoints
+	if store == nil {
+		return checkpoint.Checkpoint{}, checkpoint.RestoreReport{}, errors.New("this worker takes no checkpoints")
+	}
+	cp, err := findCheckpoint(store, sessionID, before, id)
+	if err != nil {
+		return cp, checkpoint.RestoreReport{}, err
+	}
+	root, err := w.workspace(sessionID)
+	if err != nil {
+		return cp, checkpoint.RestoreReport{}, err
+	}
+	_, span := w.tracer.Start(ctx, "perimeter.checkpoint.restore", trace.WithAttributes(
+		attribute.String("perimeter.session.id", sessionID),
+		attribute.String("perimeter.checkpoint.id", cp.ID),
+		attribute.String("perimeter.tool_use.id", cp.ToolUseID),
+	))
+	defer span.End()
+	rep, err := store.Restore(ctx, root, cp.ID)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		return cp, rep, err
+	}
+	w.rollbacks.Store(sessionID, fmt.Sprintf("[perimeter] An operator rolled the workspace back to how it was just before tool call %s; "+
+		"changes made since then are gone. Re-read files before relying on earlier results.\n", cp.ToolUseID))
+	if w.opts.Audit != nil {
+		if err := w.opts.Audit.Append(context.WithoutCancel(ctx), audit.Record{
+			SessionID: sessionID, ToolUseID: cp.ToolUseID,
+			Data: audit.Restore{CheckpointID: cp.ID, By: by, Reason: "operator restore"},
+		}); err != nil {
+			w.log.Error("could not write the audit record", slog.String("kind", "restore"), slog.Any("error", err))
+		}
+	}
+	w.log.Info("workspace restored", slog.String("session_id", sessionID), slog.String("checkpoint", cp.ID),
+		slog.String("before", cp.ToolUseID), slog.String("by", by), slog.Int("written", rep.Written), slog.Int("removed", rep.Removed))
+	return cp, rep, nil
+}
+
+// findCheckpoint is the checkpoint a restore names: the one before a tool
+// call, or one of the session's by id.
+func findCheckpoint(store *checkpoint.Store, sessionID, before, id string) (checkpoint.Checkpoint, error) {
+	if before != "" {
+		return store.Before(sessionID, before)
+	}
+	list, err := store.List(sessionID)
+	if err != nil {
+		return checkpoint.Checkpoint{}, err
+	}
+	for _, cp := range list {
+		if cp.ID == id {
+			return cp, nil
+		}
+	}
+	return checkpoint.Checkpoint{}, fmt.Errorf("session %s has no checkpoint %s", sessionID, id)
+}
+
+// takeRollbackNote returns, once, the note telling the model that its
+// workspace was rolled back.
+func (s *session) takeRollbackNote() string {
+	if v, ok := s.w.rollbacks.LoadAndDelete(s.sessionID); ok {
+		return v.(string)
+	}
+	return ""
+}
+
+// Checkpoints is the worker's checkpoint store; nil when it takes none.
+func (w *Worker) Checkpoints() *checkpoint.Store { return w.opts.Checkpoints }
+
+// persistedName is the checkpoint store's name for the workspaces saved
+// under one persistence key.
+func persistedName(key string) string { return "persist:" + key }
+
+// loadPersisted starts a fresh session from the workspace last saved under
+// its persistence key, if any.
+func (s *session) loadPersisted(ctx context.Context, workspace string) {
+	key := s.metadata[s.w.opts.PersistKey]
+	if key == "" {
+		return
+	}
+	if entries, err := os.ReadDir(workspace); err != nil || len(entries) > 0 {
+		return // a session that already has files keeps them
+	}
+	store := s.w.opts.Checkpoints
+	list, err := store.List(persistedName(key))
+	if err != nil || len(list) == 0 {
+		s.log.Info("no saved workspace for this persistence key yet", slog.String("persist_key", s.w.opts.PersistKey))
+		return
+	}
+	last := list[len(list)-1]
+	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.load", trace.WithAttributes(attribute.String("perimeter.checkpoint.id", last.ID)))
+	defer span.End()
+	rep, err := store.Restore(ctx, workspace, last.ID)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		s.log.Error("could not load the saved workspace; starting empty", slog.Any("error", err))
+		return
+	}
+	s.audit(ctx, "", audit.Restore{CheckpointID: last.ID, By: "worker", Reason: "workspace persisted by an earlier session (" + last.ToolUseID + ")"}, nil)
+	s.log.Info("started from the saved workspace", slog.String("checkpoint", last.ID), slog.String("saved_by", last.ToolUseID), slog.Int("files", rep.Written))
+}
+
+// savePersisted saves the session's workspace under its persistence key.
+func (s *session) savePersisted(ctx context.Context, workspace string) {
+	if s.w.opts.Checkpoints == nil || s.w.opts.PersistKey == "" {
+		return
+	}
+	key := s.metadata[s.w.opts.PersistKey]
+	if key == "" {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.save")
+	defer span.End()
+	cp, err := s.w.opts.Checkpoints.Checkpoint(ctx, workspace, checkpoint.Key{Session: persistedName(key), ToolUseID: "session " + s.sessionID})
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		s.log.Error("could not save the workspace for later sessions", slog.Any("error", err))
+		return
+	}
+	span.SetAttributes(attribute.String("perimeter.checkpoint.id", cp.ID))
+	s.audit(ctx, "", audit.Checkpoint{ID: cp.ID, Bytes: cp.NewBytes}, nil)
+	s.log.Info("saved the workspace for later sessions", slog.String("checkpoint", cp.ID), slog.Int("files", cp.Files))
+}
+
+// rollbackFailed restores the workspace to the checkpoint taken before a
+// call that failed, as its rule asked, and says so in the result.
+func (s *session) rollbackFailed(ctx context.Context, c *Call, id string, o *Outcome) {
+	root, err := s.w.workspace(s.sessionID)
+	if err == nil {
+		ctx, span := s.w.tracer.Start(ctx, "perimeter.checkpoint.restore", trace.WithAttributes(
+			attribute.String("perimeter.checkpoint.id", id), attribute.String("perimeter.tool_use.id", c.ToolUseID)))
+		_, err = s.w.opts.Checkpoints.Restore(ctx, root, id)
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}
+	if err != nil {
+		s.log.Error("could not roll back after a failed call", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
+		o.Text += "\n[perimeter] The call failed and rolling the workspace back failed too; files may be half changed."
+		return
+	}
+	s.audit(ctx, c.ToolUseID, audit.Restore{CheckpointID: id, By: "worker", Reason: "the call failed; its rule says rollback: on_error"}, nil)
+	o.Text += "\n[perimeter] The call failed, so the workspace was rolled back to how it was before it."
+}
