@@ -205,40 +205,9 @@ func (g *benchGate) call(b *testing.B, tool anthropic.BetaTool) {
 }
 
 func benchGateCall(b *testing.B, tool anthropic.BetaTool, on bool) {
-	dir := b.TempDir()
-	j, err := openJournal(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = j.close() })
-	opts := Options{Runtime: fakeRuntime{}, ToolTimeout: time.Minute, MaxOutputBytes: 100 << 10}
-	var tp trace.TracerProvider = noop.NewTracerProvider()
-	if on {
-		sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
-		b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
-		tp = sdk
-		aw, err := audit.Open(filepath.Join(dir, "audit"), audit.Options{SyncInterval: time.Second})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = aw.Close() })
-		opts.Audit = aw
-	}
-	w := &Worker{opts: opts, journal: j, metrics: NewMetrics(nil), tracer: tp.Tracer("bench")}
-	s := &session{w: w, sessionID: "sesn_bench", workID: "work_bench", inFlight: map[string]bool{},
-		log: slog.New(slog.DiscardHandler)}
-	tracer := callIDTracer{Tracer: tp.Tracer("runner")}
-	input := json.RawMessage(`{"command":"true"}`)
-	i := 0
+	g := newBenchGate(b, on)
 	for b.Loop() {
-		i++
-		ctx, span := tracer.Start(context.Background(), "execute_tool",
-			trace.WithAttributes(genAIToolCallID.String("sevt_"+strconv.Itoa(i))))
-		o, err := s.run(ctx, tool, false, input)
-		span.End()
-		if err != nil || o.IsError {
-			b.Fatalf("call: %+v, %v", o, err)
-		}
+		g.call(b, tool)
 	}
 }
 
