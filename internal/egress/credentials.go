@@ -70,44 +70,13 @@ type credential struct {
 func compileCredentials(creds []Credential) ([]*credential, error) {
 	var out []*credential
 	for i, c := range creds {
-		where := fmt.Sprintf("credential %d (%q)", i+1, c.Name)
 		if c.Name == "" {
 			return nil, fmt.Errorf("credential %d: a name is required", i+1)
 		}
-		if strings.ContainsFunc(c.Name, func(r rune) bool {
-			return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-')
-		}) {
-			return nil, fmt.Errorf("%s: a name has only letters, digits, '.', '_' and '-'", where)
-		}
-		if len(c.Placeholder) < 16 || strings.ContainsFunc(c.Placeholder, func(r rune) bool { return r <= ' ' || r > '~' }) {
-			return nil, fmt.Errorf("%s: the placeholder must be at least 16 printable ASCII characters without spaces (use egress.NewPlaceholder)", where)
-		}
-		if len(c.Hosts) == 0 {
-			return nil, fmt.Errorf("%s: at least one host is required", where)
-		}
-		cc := &credential{name: c.Name, ph: c.Placeholder}
-		for _, h := range c.Hosts {
-			p, err := parseHostPattern(h)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			cc.hosts = append(cc.hosts, p)
-		}
-		in := c.In
-		if len(in) == 0 {
-			in = []string{"header"}
-		}
-		for _, w := range in {
-			switch w {
-			case "header":
-				cc.header = true
-			case "query":
-				cc.query = true
-			case "body":
-				cc.body = true
-			default:
-				return nil, fmt.Errorf("%s: in %q: want header, query or body", where, w)
-			}
+		where := fmt.Sprintf("credential %d (%q)", i+1, c.Name)
+		cc, err := compileCredential(c)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		for _, o := range out {
 			switch {
@@ -120,6 +89,47 @@ func compileCredentials(creds []Credential) ([]*credential, error) {
 		out = append(out, cc)
 	}
 	return out, nil
+}
+
+// compileCredential validates one credential on its own; errors do not
+// name it.
+func compileCredential(c Credential) (*credential, error) {
+	if strings.ContainsFunc(c.Name, func(r rune) bool {
+		return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-')
+	}) {
+		return nil, errors.New("a name has only letters, digits, '.', '_' and '-'")
+	}
+	if len(c.Placeholder) < 16 || strings.ContainsFunc(c.Placeholder, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return nil, errors.New("the placeholder must be at least 16 printable ASCII characters without spaces (use egress.NewPlaceholder)")
+	}
+	if len(c.Hosts) == 0 {
+		return nil, errors.New("at least one host is required")
+	}
+	cc := &credential{name: c.Name, ph: c.Placeholder}
+	for _, h := range c.Hosts {
+		p, err := parseHostPattern(h)
+		if err != nil {
+			return nil, err
+		}
+		cc.hosts = append(cc.hosts, p)
+	}
+	in := c.In
+	if len(in) == 0 {
+		in = []string{"header"}
+	}
+	for _, w := range in {
+		switch w {
+		case "header":
+			cc.header = true
+		case "query":
+			cc.query = true
+		case "body":
+			cc.body = true
+		default:
+			return nil, fmt.Errorf("in %q: want header, query or body", w)
+		}
+	}
+	return cc, nil
 }
 
 func (c *credential) hostList() string {

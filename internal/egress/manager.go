@@ -13,7 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
+	"slices"
 	"sync"
 
 	"github.com/perimeterhq/perimeter/internal/sandbox"
@@ -41,26 +41,19 @@ type EnvCredential struct {
 // envName is what a credential's variable may be called.
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// reservedEnv are the variables the manager sets itself.
-var reservedEnv = []string{
-	"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-	"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO",
-}
+// The variables Open sets itself: the proxy's address, and where the CA
+// bundle is for the tools that read a variable rather than the system
+// bundle. No credential may use them.
+var (
+	proxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"}
+	noProxy  = []string{"NO_PROXY", "no_proxy"}
+	caEnv    = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"}
+)
 
 // CheckRule reports what is wrong with one rule, as NewProxy would, without
 // naming the rule: the caller says which it is.
 func CheckRule(r Rule) error {
-	_, err := compileRules([]Rule{r})
-	return unprefixed(err, fmt.Sprintf("egress rule 1 (%q): ", r.Name))
-}
-
-func unprefixed(err error, prefix string) error {
-	if err == nil {
-		return nil
-	}
-	if s, ok := strings.CutPrefix(err.Error(), prefix); ok {
-		return errors.New(s)
-	}
+	_, err := compileRule(r)
 	return err
 }
 
@@ -70,21 +63,12 @@ func CheckCredential(c EnvCredential) error {
 	switch {
 	case !envName.MatchString(c.Env):
 		return fmt.Errorf("env %q is not a valid variable name", c.Env)
-	case isReservedEnv(c.Env):
+	case slices.Contains(proxyEnv, c.Env) || slices.Contains(noProxy, c.Env) || slices.Contains(caEnv, c.Env):
 		return fmt.Errorf("env %s is set by the egress proxy itself", c.Env)
 	}
 	c.Placeholder = NewPlaceholder(c.Name)
-	_, err := compileCredentials([]Credential{c.Credential})
-	return unprefixed(err, fmt.Sprintf("credential 1 (%q): ", c.Name))
-}
-
-func isReservedEnv(name string) bool {
-	for _, r := range reservedEnv {
-		if r == name {
-			return true
-		}
-	}
-	return false
+	_, err := compileCredential(c.Credential)
+	return err
 }
 
 // ManagerOptions configure a Manager.
@@ -233,12 +217,13 @@ func (m *Manager) Open(o SessionOptions) (*Session, error) {
 		_ = p.Serve(l)
 	}()
 
-	proxyURL := "http://" + sandbox.EgressListen
-	for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
-		env[k] = proxyURL
+	for _, k := range proxyEnv {
+		env[k] = "http://" + sandbox.EgressListen
 	}
-	env["NO_PROXY"], env["no_proxy"] = "localhost,127.0.0.1,::1", "localhost,127.0.0.1,::1"
-	for _, k := range []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"} {
+	for _, k := range noProxy {
+		env[k] = "localhost,127.0.0.1,::1"
+	}
+	for _, k := range caEnv {
 		env[k] = sandbox.CABundle
 	}
 	s.Env = env

@@ -168,52 +168,61 @@ func compileRules(rules []Rule) (ruleSet, error) {
 	var rs ruleSet
 	names := make(map[string]bool)
 	for i, r := range rules {
-		where := fmt.Sprintf("egress rule %d (%q)", i+1, r.Name)
 		if r.Name == "" {
 			return nil, fmt.Errorf("egress rule %d: a name is required", i+1)
 		}
+		where := fmt.Sprintf("egress rule %d (%q)", i+1, r.Name)
 		if names[r.Name] {
 			return nil, fmt.Errorf("%s: another rule has the same name", where)
 		}
 		names[r.Name] = true
-		if len(r.Hosts) == 0 {
-			return nil, fmt.Errorf("%s: at least one host is required", where)
-		}
-		c := &rule{name: r.Name, allowPrivate: r.AllowPrivate}
-		for _, h := range r.Hosts {
-			p, err := parseHostPattern(h)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			c.hosts = append(c.hosts, p)
-		}
-		c.ports = slices.Clone(r.Ports)
-		if len(c.ports) == 0 {
-			c.ports = slices.Clone(defaultPorts)
-		}
-		for _, port := range c.ports {
-			if port < 1 || port > 65535 {
-				return nil, fmt.Errorf("%s: port %d is out of range", where, port)
-			}
-		}
-		for _, m := range r.Methods {
-			if m == "" || strings.ContainsFunc(m, func(c rune) bool { return !isTokenChar(c) }) {
-				return nil, fmt.Errorf("%s: method %q is not an HTTP method", where, m)
-			}
-			c.methods = append(c.methods, strings.ToUpper(m))
-		}
-		for _, p := range r.PathPrefixes {
-			if !strings.HasPrefix(p, "/") {
-				return nil, fmt.Errorf("%s: path prefix %q must start with /", where, p)
-			}
-			if !canonicalPath(p) {
-				return nil, fmt.Errorf("%s: path prefix %q is not canonical (dot segments, repeated slashes)", where, p)
-			}
-			c.prefixes = append(c.prefixes, p)
+		c, err := compileRule(r)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		rs = append(rs, c)
 	}
 	return rs, nil
+}
+
+// compileRule validates one rule on its own; errors do not name it.
+func compileRule(r Rule) (*rule, error) {
+	if len(r.Hosts) == 0 {
+		return nil, errors.New("at least one host is required")
+	}
+	c := &rule{name: r.Name, allowPrivate: r.AllowPrivate}
+	for _, h := range r.Hosts {
+		p, err := parseHostPattern(h)
+		if err != nil {
+			return nil, err
+		}
+		c.hosts = append(c.hosts, p)
+	}
+	c.ports = slices.Clone(r.Ports)
+	if len(c.ports) == 0 {
+		c.ports = slices.Clone(defaultPorts)
+	}
+	for _, port := range c.ports {
+		if port < 1 || port > 65535 {
+			return nil, fmt.Errorf("port %d is out of range", port)
+		}
+	}
+	for _, m := range r.Methods {
+		if m == "" || strings.ContainsFunc(m, func(c rune) bool { return !isTokenChar(c) }) {
+			return nil, fmt.Errorf("method %q is not an HTTP method", m)
+		}
+		c.methods = append(c.methods, strings.ToUpper(m))
+	}
+	for _, p := range r.PathPrefixes {
+		if !strings.HasPrefix(p, "/") {
+			return nil, fmt.Errorf("path prefix %q must start with /", p)
+		}
+		if !canonicalPath(p) {
+			return nil, fmt.Errorf("path prefix %q is not canonical (dot segments, repeated slashes)", p)
+		}
+		c.prefixes = append(c.prefixes, p)
+	}
+	return c, nil
 }
 
 func isTokenChar(c rune) bool {
