@@ -21,15 +21,24 @@ type AuditLog interface {
 // audit appends one record of the session; a failure is logged, never
 // fatal to the call (the record's absence is what the log then shows).
 func (s *session) audit(ctx context.Context, toolUseID string, data audit.Data, payload map[string]any) {
-	a := s.w.opts.Audit
-	if a == nil {
-		return
-	}
-	err := a.Append(context.WithoutCancel(ctx), audit.Record{
+	s.w.audit(ctx, audit.Record{
 		SessionID: s.sessionID, WorkID: s.workID, ToolUseID: toolUseID, Data: data, Payload: payload,
 	})
-	if err != nil {
-		s.log.Error("could not write the audit record", slog.String("kind", string(data.Kind())), slog.String("tool_use_id", toolUseID), slog.Any("error", err))
+}
+
+// audit appends r, if the worker keeps an audit log, on a context that
+// outlives a cancelled call, and logs a failure.
+func (w *Worker) audit(ctx context.Context, r audit.Record) {
+	if w.opts.Audit == nil {
+		return
+	}
+	if err := w.opts.Audit.Append(context.WithoutCancel(ctx), r); err != nil {
+		kind := r.Kind
+		if d, ok := r.Data.(audit.Data); ok {
+			kind = d.Kind()
+		}
+		w.log.Error("could not write the audit record", slog.String("kind", string(kind)),
+			slog.String("session_id", r.SessionID), slog.String("tool_use_id", r.ToolUseID), slog.Any("error", err))
 	}
 }
 

@@ -28,17 +28,12 @@ func (s *session) checkpoint(ctx context.Context, c *Call) (id string) {
 	if cp == nil || readOnlyTools[c.Tool] || c.Decision.ReadOnly {
 		return ""
 	}
-	root, err := s.w.workspace(s.sessionID)
-	if err != nil {
-		s.log.Warn("no checkpoint: the workspace is unavailable", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
-		return ""
-	}
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.checkpoint", trace.WithAttributes(
 		attribute.String("perimeter.tool_use.id", c.ToolUseID),
 	))
 	defer span.End()
 	start := time.Now()
-	res, err := cp.Checkpoint(ctx, root, checkpoint.Key{Session: s.sessionID, ToolUseID: c.ToolUseID})
+	res, err := cp.Checkpoint(ctx, s.workspace, checkpoint.Key{Session: s.sessionID, ToolUseID: c.ToolUseID})
 	took := time.Since(start)
 	s.w.metrics.checkpointSeconds.Observe(took.Seconds())
 	if err != nil {
@@ -92,14 +87,10 @@ func (w *Worker) RestoreCheckpoint(ctx context.Context, sessionID, before, id, b
 	}
 	w.rollbacks.Store(sessionID, fmt.Sprintf("[perimeter] An operator rolled the workspace back to how it was just before tool call %s; "+
 		"changes made since then are gone. Re-read files before relying on earlier results.\n", cp.ToolUseID))
-	if w.opts.Audit != nil {
-		if err := w.opts.Audit.Append(context.WithoutCancel(ctx), audit.Record{
-			SessionID: sessionID, ToolUseID: cp.ToolUseID,
-			Data: audit.Restore{CheckpointID: cp.ID, By: by, Reason: "operator restore"},
-		}); err != nil {
-			w.log.Error("could not write the audit record", slog.String("kind", "restore"), slog.Any("error", err))
-		}
-	}
+	w.audit(ctx, audit.Record{
+		SessionID: sessionID, ToolUseID: cp.ToolUseID,
+		Data: audit.Restore{CheckpointID: cp.ID, By: by, Reason: "operator restore"},
+	})
 	w.log.Info("workspace restored", slog.String("session_id", sessionID), slog.String("checkpoint", cp.ID),
 		slog.String("before", cp.ToolUseID), slog.String("by", by), slog.Int("written", rep.Written), slog.Int("removed", rep.Removed))
 	return cp, rep, nil
@@ -141,12 +132,12 @@ func persistedName(key string) string { return "persist:" + key }
 
 // loadPersisted starts a fresh session from the workspace last saved under
 // its persistence key, if any.
-func (s *session) loadPersisted(ctx context.Context, workspace string) {
+func (s *session) loadPersisted(ctx context.Context) {
 	key := s.metadata[s.w.opts.PersistKey]
 	if key == "" {
 		return
 	}
-	if entries, err := os.ReadDir(workspace); err != nil || len(entries) > 0 {
+	if entries, err := os.ReadDir(s.workspace); err != nil || len(entries) > 0 {
 		return // a session that already has files keeps them
 	}
 	store := s.w.opts.Checkpoints
@@ -158,7 +149,7 @@ func (s *session) loadPersisted(ctx context.Context, workspace string) {
 	last := list[len(list)-1]
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.load", trace.WithAttributes(attribute.String("perimeter.checkpoint.id", last.ID)))
 	defer span.End()
-	rep, err := store.Restore(ctx, workspace, last.ID)
+	rep, err := store.Restore(ctx, s.workspace, last.ID)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		s.log.Error("could not load the saved workspace; starting empty", slog.Any("error", err))
@@ -169,7 +160,7 @@ func (s *session) loadPersisted(ctx context.Context, workspace string) {
 }
 
 // savePersisted saves the session's workspace under its persistence key.
-func (s *session) savePersisted(ctx context.Context, workspace string) {
+func (s *session) savePersisted(ctx context.Context) {
 	if s.w.opts.Checkpoints == nil || s.w.opts.PersistKey == "" {
 		return
 	}
@@ -180,7 +171,7 @@ func (s *session) savePersisted(ctx context.Context, workspace string) {
 	ctx = context.WithoutCancel(ctx)
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.save")
 	defer span.End()
-	cp, err := s.w.opts.Checkpoints.Checkpoint(ctx, workspace, checkpoint.Key{Session: persistedName(key), ToolUseID: "session " + s.sessionID})
+	cp, err := s.w.opts.Checkpoints.Checkpoint(ctx, s.workspace, checkpoint.Key{Session: persistedName(key), ToolUseID: "session " + s.sessionID})
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		s.log.Error("could not save the workspace for later sessions", slog.Any("error", err))
@@ -194,16 +185,13 @@ func (s *session) savePersisted(ctx context.Context, workspace string) {
 // rollbackFailed restores the workspace to the checkpoint taken before a
 // call that failed, as its rule asked, and says so in the result.
 func (s *session) rollbackFailed(ctx context.Context, c *Call, id string, o *Outcome) {
-	root, err := s.w.workspace(s.sessionID)
-	if err == nil {
-		ctx, span := s.w.tracer.Start(ctx, "perimeter.checkpoint.restore", trace.WithAttributes(
-			attribute.String("perimeter.checkpoint.id", id), attribute.String("perimeter.tool_use.id", c.ToolUseID)))
-		_, err = s.w.opts.Checkpoints.Restore(ctx, root, id)
-		if err != nil {
-			span.SetStatus(codes.Error, err.Error())
-		}
-		span.End()
+	ctx, span := s.w.tracer.Start(ctx, "perimeter.checkpoint.restore", trace.WithAttributes(
+		attribute.String("perimeter.checkpoint.id", id), attribute.String("perimeter.tool_use.id", c.ToolUseID)))
+	_, err := s.w.opts.Checkpoints.Restore(ctx, s.workspace, id)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 	}
+	span.End()
 	if err != nil {
 		s.log.Error("could not roll back after a failed call", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
 		o.Text += "\n[perimeter] The call failed and rolling the workspace back failed too; files may be half changed."

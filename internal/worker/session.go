@@ -48,6 +48,9 @@ type session struct {
 	perms permissions
 	// current is the call running in the sandbox (see running).
 	current atomic.Pointer[runningCall]
+	// workspace is the host directory of the session's files, set before
+	// any call runs.
+	workspace string
 	// calls counts the calls that passed the gate.
 	calls atomic.Int64
 	// attrs are the span attributes taken from the session's metadata
@@ -234,6 +237,7 @@ func (s *session) runSession(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.workspace = workspace
 	spec := sandbox.Spec{
 		SessionID: s.sessionID, WorkID: s.workID, Workspace: workspace,
 		Env: s.w.sandboxEnv(), Limits: s.w.opts.Limits,
@@ -245,7 +249,7 @@ func (s *session) runSession(ctx context.Context) error {
 	defer closeEgress()
 	// A workspace kept under a persistence key is saved once the sandbox
 	// is gone (deferred before its close, so run after it).
-	defer s.savePersisted(ctx, workspace)
+	defer s.savePersisted(ctx)
 	sb := &sessionSandbox{s: s, spec: spec}
 	defer sb.close()
 	// Start the sandbox now, while the session is fetched and its event
@@ -275,7 +279,7 @@ func (s *session) runSession(ctx context.Context) error {
 	s.attrs = s.metadataAttributes()
 	trace.SpanFromContext(ctx).SetAttributes(s.attrs...)
 	if persist {
-		s.loadPersisted(ctx, workspace)
+		s.loadPersisted(ctx)
 		go func() { _, _ = sb.current(ctx) }()
 	}
 	s.audit(ctx, "", audit.SessionStarted{
