@@ -64,14 +64,9 @@ func (t *approvalsTarget) open(ctx context.Context) (approvals, func(), error) {
 		}
 		return storeApprovals{s}, func() { s.Close() }, nil
 	}
-	token := os.Getenv("PERIMETER_ADMIN_TOKEN")
-	if token == "" {
-		path := cmp.Or(t.tokenFile, filepath.Join("perimeter-state", adminTokenFile))
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, nil, fmt.Errorf("no admin token: set PERIMETER_ADMIN_TOKEN or --token-file (a worker writes one to <state-dir>/%s): %w", adminTokenFile, err)
-		}
-		token = strings.TrimSpace(string(b))
+	token, err := clientAdminToken(t.tokenFile)
+	if err != nil {
+		return nil, nil, err
 	}
 	url := cmp.Or(t.adminURL, os.Getenv("PERIMETER_ADMIN_URL"), "http://127.0.0.1:9464")
 	return &approval.Client{BaseURL: url, Token: token}, func() {}, nil

@@ -31,16 +31,8 @@ func (f *auditFlags) resolve(cmd *cobra.Command) (string, error) {
 	if f.dir != "" {
 		return f.dir, nil
 	}
-	g := &globals{}
-	if fl := cmd.Flag("config"); fl != nil {
-		g.configPath = fl.Value.String()
-	}
-	cfg, err := g.load()
-	if err != nil {
-		return "", err
-	}
-	(&workerFlags{stateDir: f.stateDir}).apply(cfg)
-	return auditDir(cfg.Worker.StateDir), nil
+	dir, err := resolveStateDir(cmd, f.stateDir)
+	return auditDir(dir), err
 }
 
 func newAuditCmd() *cobra.Command {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/perimeterhq/perimeter/internal/approval"
 	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/worker"
@@ -34,14 +34,8 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 		log.Warn("workspace checkpoints are disabled (checkpoints.disabled)")
 		return nil, nil
 	}
-	dir := cmp.Or(cfg.Checkpoints.Dir, checkpointDir(cfg.Worker.StateDir))
-	s, err := checkpoint.Open(dir, checkpoint.Options{})
-	if errors.Is(err, checkpoint.ErrLocked) {
-		alt := dir + "." + cfg.Worker.ID
-		log.Warn("another worker uses the checkpoint store here; using this worker's own", slog.String("busy", dir), slog.String("dir", alt))
-		dir = alt
-		s, err = checkpoint.Open(dir, checkpoint.Options{})
-	}
+	s, dir, err := openOwn(cmp.Or(cfg.Checkpoints.Dir, checkpointDir(cfg.Worker.StateDir)), cfg.Worker.ID, "checkpoint store", log,
+		checkpoint.ErrLocked, func(dir string) (*checkpoint.Store, error) { return checkpoint.Open(dir, checkpoint.Options{}) })
 	if err != nil {
 		return nil, err
 	}
@@ -102,18 +96,13 @@ func checkpointsAPI(w *worker.Worker, store *checkpoint.Store, token string) htt
 		}
 		writeJSONTo(rw, restoreResponse{Checkpoint: cp, Report: rep})
 	})
-	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			http.Error(rw, "missing or wrong admin token (Authorization: Bearer …)", http.StatusUnauthorized)
-			return
-		}
+	return approval.RequireToken(token, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if store == nil {
 			http.Error(rw, "this worker takes no checkpoints", http.StatusNotFound)
 			return
 		}
 		mux.ServeHTTP(rw, r)
-	})
+	}))
 }
 
 func writeJSONTo(w http.ResponseWriter, v any) {
@@ -121,9 +110,37 @@ func writeJSONTo(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func newCheckpointsCmd(g *globals) *cobra.Command {
-	var adminURL, tokenFile, stateDir, session, before string
-	var asJSON bool
+// checkpointsTarget is what every `perimeter checkpoints` subcommand works
+// on: one session's checkpoints in a worker's state directory.
+type checkpointsTarget struct {
+	stateDir, session string
+	asJSON            bool
+}
+
+// withStore opens the checkpoint store of the state directory and calls fn
+// with it and the directory.
+func (t *checkpointsTarget) withStore(cmd *cobra.Command, fn func(s *checkpoint.Store, stateDir string) error) error {
+	if t.session == "" {
+		return errors.New("--session is required")
+	}
+	dir, err := resolveStateDir(cmd, t.stateDir)
+	if err != nil {
+		return err
+	}
+	s, err := checkpoint.Open(checkpointDir(dir), checkpoint.Options{})
+	if errors.Is(err, checkpoint.ErrLocked) {
+		return fmt.Errorf("a worker holds the checkpoint store in %s: restore through it with --admin-url, or stop it first", dir)
+	}
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return fn(s, dir)
+}
+
+func newCheckpointsCmd() *cobra.Command {
+	t := &checkpointsTarget{}
+	var adminURL, tokenFile, before string
 	cmd := &cobra.Command{
 		Use:   "checkpoints",
 		Short: "List, compare and restore a session's workspace checkpoints",
@@ -132,131 +149,98 @@ custom and MCP tools), the worker snapshots the session's workspace, keyed by
 the call's tool-use id: incremental, content-addressed, deduplicated across
 sessions, with modes, symlinks (as links) and empty directories.
 
-list and diff read the store in a state directory (--state-dir) while no
-worker holds it. restore --admin-url rolls a live session back through the
-worker's admin API: the files change under the running sandbox and the model
-is told so in the next tool result. Without --admin-url, restore works on the
-state directory directly, for a session no worker serves.`,
+list and diff read the store in a state directory (--state-dir, else the
+config file's worker.state_dir, else ./perimeter-state) while no worker holds
+it. restore --admin-url rolls a live session back through the worker's admin
+API: the files change under the running sandbox and the model is told so in
+the next tool result. Without --admin-url, restore works on the state
+directory directly, for a session no worker serves.`,
 		Example: `  perimeter checkpoints list --session sesn_0123 --state-dir /var/lib/perimeter
   perimeter checkpoints diff --session sesn_0123 --before sevt_0456 --state-dir /var/lib/perimeter
   perimeter checkpoints restore --session sesn_0123 --before sevt_0456 --admin-url http://127.0.0.1:9464
   perimeter checkpoints restore --session sesn_0123 --before sevt_0456 --state-dir /var/lib/perimeter`,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&session, "session", "", "the session (required)")
-	pf.StringVar(&stateDir, "state-dir", "", "the worker's state directory (default: the config's, else ./perimeter-state)")
-	pf.BoolVar(&asJSON, "json", false, "print JSON")
-	openStore := func() (*checkpoint.Store, func(), error) {
-		if session == "" {
-			return nil, nil, errors.New("--session is required")
-		}
-		dir := stateDir
-		if dir == "" {
-			cfg, err := g.load()
-			if err != nil {
-				return nil, nil, err
-			}
-			dir = cmp.Or(cfg.Worker.StateDir, "perimeter-state")
-		}
-		s, err := checkpoint.Open(checkpointDir(dir), checkpoint.Options{})
-		if errors.Is(err, checkpoint.ErrLocked) {
-			return nil, nil, fmt.Errorf("a worker holds the checkpoint store in %s: restore through it with --admin-url, or stop it first", dir)
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		return s, func() { s.Close() }, nil
-	}
+	pf.StringVar(&t.session, "session", "", "the session (required)")
+	pf.StringVar(&t.stateDir, "state-dir", "", "the worker's state directory (default: the config's, else ./perimeter-state)")
+	pf.BoolVar(&t.asJSON, "json", false, "print JSON")
 	list := &cobra.Command{
 		Use: "list", Short: "List a session's checkpoints, oldest first", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, done, err := openStore()
-			if err != nil {
-				return err
-			}
-			defer done()
-			cps, err := s.List(session)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(cps)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tBEFORE CALL\tTIME\tFILES\tBYTES\tCHECKPOINT")
-			for _, c := range cps {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\n", c.Seq, c.ToolUseID, c.Time.Format(time.RFC3339), c.Files, c.Bytes, c.ID[:16])
-			}
-			return tw.Flush()
+			return t.withStore(cmd, func(s *checkpoint.Store, _ string) error {
+				cps, err := s.List(t.session)
+				if err != nil {
+					return err
+				}
+				if t.asJSON {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(cps)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SEQ\tBEFORE CALL\tTIME\tFILES\tBYTES\tCHECKPOINT")
+				for _, c := range cps {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\n", c.Seq, c.ToolUseID, c.Time.Format(time.RFC3339), c.Files, c.Bytes, c.ID[:16])
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	diff := &cobra.Command{
 		Use: "diff", Short: "What changed in the workspace since the checkpoint before a call (--before)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, done, err := openStore()
-			if err != nil {
-				return err
-			}
-			defer done()
-			cps, err := s.List(session)
-			if err != nil || len(cps) == 0 {
-				return cmp.Or(err, fmt.Errorf("session %s has no checkpoints", session))
-			}
-			from := cps[0]
-			if before != "" {
-				if from, err = s.Before(session, before); err != nil {
+			return t.withStore(cmd, func(s *checkpoint.Store, _ string) error {
+				cps, err := s.List(t.session)
+				if err != nil || len(cps) == 0 {
+					return cmp.Or(err, fmt.Errorf("session %s has no checkpoints", t.session))
+				}
+				from := cps[0]
+				if before != "" {
+					if from, err = s.Before(t.session, before); err != nil {
+						return err
+					}
+				}
+				changes, err := s.Diff(cmd.Context(), from.ID, cps[len(cps)-1].ID)
+				if err != nil {
 					return err
 				}
-			}
-			changes, err := s.Diff(cmd.Context(), from.ID, cps[len(cps)-1].ID)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(changes)
-			}
-			for _, c := range changes {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%q\n", c.Kind, c.Path)
-			}
-			return nil
+				if t.asJSON {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(changes)
+				}
+				for _, c := range changes {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%q\n", c.Kind, c.Path)
+				}
+				return nil
+			})
 		},
 	}
 	var by string
 	restore := &cobra.Command{
 		Use: "restore", Short: "Roll the workspace back to just before a call (--before)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if session == "" || before == "" {
+			if t.session == "" || before == "" {
 				return errors.New("restore needs --session and --before TOOL_USE_ID")
 			}
 			if adminURL != "" {
-				return restoreLive(cmd, adminURL, tokenFile, restoreRequest{Session: session, Before: before, By: by}, asJSON)
+				return restoreLive(cmd, adminURL, tokenFile, restoreRequest{Session: t.session, Before: before, By: by}, t.asJSON)
 			}
-			s, done, err := openStore()
-			if err != nil {
-				return err
-			}
-			defer done()
-			cp, err := s.Before(session, before)
-			if err != nil {
-				return err
-			}
-			dir := stateDir
-			if dir == "" {
-				dir = "perimeter-state"
-			}
-			rep, err := s.Restore(cmd.Context(), filepath.Join(dir, "workspaces", session), cp.ID)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "restored %s to before %s: %d written, %d removed, %d unchanged\n", session, before, rep.Written, rep.Removed, rep.Kept)
-			return nil
+			return t.withStore(cmd, func(s *checkpoint.Store, stateDir string) error {
+				cp, err := s.Before(t.session, before)
+				if err != nil {
+					return err
+				}
+				rep, err := s.Restore(cmd.Context(), filepath.Join(stateDir, "workspaces", t.session), cp.ID)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "restored %s to before %s: %d written, %d removed, %d unchanged\n", t.session, before, rep.Written, rep.Removed, rep.Kept)
+				return nil
+			})
 		},
 	}
 	for _, c := range []*cobra.Command{diff, restore} {
 		c.Flags().StringVar(&before, "before", "", "the tool-use id whose checkpoint (taken just before it ran) to use")
 	}
 	restore.Flags().StringVar(&adminURL, "admin-url", "", "restore a live session through this worker's admin API")
-	restore.Flags().StringVar(&tokenFile, "token-file", "", "file holding the admin token (default $PERIMETER_ADMIN_TOKEN, else <state-dir>/admin-token)")
+	restore.Flags().StringVar(&tokenFile, "token-file", "", "file holding the admin token (default $PERIMETER_ADMIN_TOKEN, else ./perimeter-state/admin-token)")
 	restore.Flags().StringVar(&by, "by", cmp.Or(os.Getenv("PERIMETER_APPROVER"), currentUser()), "who restores, for the audit log")
 	cmd.AddCommand(list, diff, restore)
 	return cmd
@@ -264,13 +248,9 @@ state directory directly, for a session no worker serves.`,
 
 // restoreLive asks a worker to restore a session it may be serving.
 func restoreLive(cmd *cobra.Command, url, tokenFile string, req restoreRequest, asJSON bool) error {
-	token := os.Getenv("PERIMETER_ADMIN_TOKEN")
-	if token == "" {
-		b, err := os.ReadFile(cmp.Or(tokenFile, filepath.Join("perimeter-state", adminTokenFile)))
-		if err != nil {
-			return fmt.Errorf("no admin token: set PERIMETER_ADMIN_TOKEN or --token-file: %w", err)
-		}
-		token = strings.TrimSpace(string(b))
+	token, err := clientAdminToken(tokenFile)
+	if err != nil {
+		return err
 	}
 	body, _ := json.Marshal(req)
 	hreq, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, strings.TrimSuffix(url, "/")+"/v1/checkpoints/restore", bytes.NewReader(body))

@@ -94,6 +94,20 @@ func newNotifier(name string, ch config.Channel) (notify.Notifier, error) {
 	}
 }
 
+// clientAdminToken is the admin token a CLI command presents:
+// $PERIMETER_ADMIN_TOKEN, else the one in tokenFile (default: the one a
+// worker wrote to ./perimeter-state).
+func clientAdminToken(tokenFile string) (string, error) {
+	if t := os.Getenv("PERIMETER_ADMIN_TOKEN"); t != "" {
+		return t, nil
+	}
+	b, err := os.ReadFile(cmp.Or(tokenFile, filepath.Join("perimeter-state", adminTokenFile)))
+	if err != nil {
+		return "", fmt.Errorf("no admin token: set PERIMETER_ADMIN_TOKEN or --token-file (a worker writes one to <state-dir>/%s): %w", adminTokenFile, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 // adminToken is the approvals API token: $PERIMETER_ADMIN_TOKEN, else the
 // one in the state directory, generated on first use.
 func adminToken(stateDir string) (string, error) {

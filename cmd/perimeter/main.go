@@ -74,7 +74,7 @@ Offline control plane for development and tests:
 		newApprovalsCmd(),
 		newPolicyCmd(),
 		newAuditCmd(),
-		newCheckpointsCmd(g),
+		newCheckpointsCmd(),
 	)
 	return root
 }

@@ -89,13 +89,20 @@ func Handler(d Decider, token string) http.Handler {
 	}
 	mux.HandleFunc("POST /v1/approvals/{id}/approve", decide(true))
 	mux.HandleFunc("POST /v1/approvals/{id}/deny", decide(false))
+	return RequireToken(token, mux)
+}
+
+// RequireToken serves h only to requests carrying "Authorization: Bearer
+// <token>" (compared in constant time); an empty token admits nobody. It
+// guards every API on a worker's admin listener.
+func RequireToken(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 			apiError(w, http.StatusUnauthorized, "authentication_error", "missing or wrong admin token (Authorization: Bearer …)")
 			return
 		}
-		mux.ServeHTTP(w, r)
+		h.ServeHTTP(w, r)
 	})
 }
 

@@ -65,6 +65,22 @@ type Checkpoints struct {
 	PersistKey string `yaml:"persist_key"`
 }
 
+// SyncEvery is how often audit records are fsynced: 0 for each record
+// ("every"), 1s when unset.
+func (a Audit) SyncEvery() (time.Duration, error) {
+	switch a.SyncInterval {
+	case "":
+		return time.Second, nil
+	case "every":
+		return 0, nil
+	}
+	d, err := time.ParseDuration(a.SyncInterval)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("audit.sync_interval is %q: use a positive duration such as 1s, or every", a.SyncInterval)
+	}
+	return d, nil
+}
+
 // Audit configures the audit log (see `perimeter audit`).
 type Audit struct {
 	// Disabled writes no audit log.
@@ -316,10 +332,8 @@ func Parse(b []byte, name string) (*Config, error) {
 			return nil, fmt.Errorf("%s: approvals.channels.%s: a webhook channel needs secret_env, the variable holding its signing secret", name, chName)
 		}
 	}
-	if si := c.Audit.SyncInterval; si != "" && si != "every" {
-		if d, err := time.ParseDuration(si); err != nil || d <= 0 {
-			return nil, fmt.Errorf("%s: audit.sync_interval is %q: use a positive duration such as 1s, or every", name, si)
-		}
+	if _, err := c.Audit.SyncEvery(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	for _, f := range c.Audit.KeepPayload {
 		if f != "input" && f != "output" && f != "path" {
