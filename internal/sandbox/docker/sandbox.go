@@ -197,27 +197,42 @@ func (r *Runtime) removeContainer(ctx context.Context, id string, grace time.Dur
 			r.log.Debug("stopping a sandbox container failed; removing it by force", slog.String("container", shortID(id)), slog.Any("error", err))
 		}
 	}
-	err := r.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	switch {
-	case err == nil || cerrdefs.IsNotFound(err):
-		return nil
-	case cerrdefs.IsConflict(err):
-		// Another caller (RemoveOrphans, a concurrent Close) is removing
-		// it: wait for that to finish.
-		for {
-			if _, ierr := r.cli.ContainerInspect(ctx, id); cerrdefs.IsNotFound(ierr) {
-				return nil
+	for attempt := 1; ; attempt++ {
+		err := r.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		switch {
+		case err == nil || cerrdefs.IsNotFound(err):
+			return nil
+		case cerrdefs.IsConflict(err):
+			// Another caller (RemoveOrphans, a concurrent Close) is
+			// removing it: wait for that to finish.
+			for {
+				if _, ierr := r.cli.ContainerInspect(ctx, id); cerrdefs.IsNotFound(ierr) {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("remove container %s: %w", shortID(id), err)
+				case <-time.After(100 * time.Millisecond):
+				}
 			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("remove container %s: %w", shortID(id), err)
-			case <-time.After(100 * time.Millisecond):
-			}
+		case attempt == removeAttempts:
+			return fmt.Errorf("remove container %s: %w", shortID(id), err)
 		}
-	default:
-		return fmt.Errorf("remove container %s: %w", shortID(id), err)
+		// The engine can fail to delete a container's directory while it
+		// still holds files in it ("unable to remove filesystem ...
+		// directory not empty"), leaving the container dead; removing it
+		// again a moment later succeeds.
+		r.log.Debug("removing a sandbox container failed; retrying", slog.String("container", shortID(id)), slog.Any("error", err))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("remove container %s: %w", shortID(id), err)
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
 	}
 }
+
+// removeAttempts bounds how often removeContainer asks the engine.
+const removeAttempts = 5
 
 // statOwner is the owner uid of fi's file.
 func statOwner(fi fs.FileInfo) (int, bool) {
