@@ -48,6 +48,19 @@ var _ sandbox.Sandbox = (*Sandbox)(nil)
 // ContainerID is the engine's ID of the sandbox's container.
 func (s *Sandbox) ContainerID() string { return s.id }
 
+// PID is the host pid of the container's first process, as the engine
+// reports it: sandboxd under runc, the gVisor sandbox under runsc. It is 0
+// when the engine cannot say (the container is gone).
+func (s *Sandbox) PID() int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := s.rt.cli.ContainerInspect(ctx, s.id)
+	if err != nil || info.State == nil {
+		return 0
+	}
+	return info.State.Pid
+}
+
 // Exec runs call in sandboxd. See [sandbox.Sandbox]. When the kernel killed
 // a process of the sandbox for memory while the call ran (sandboxd itself
 // survived), the result says so: the model sees "out of memory", not only
