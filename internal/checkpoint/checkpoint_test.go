@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 func TestCheckpointReadsOnlyChangedFiles(t *testing.T) {
@@ -348,9 +350,7 @@ func TestHostileWorkspace(t *testing.T) {
 		mnt := filepath.Join(ws, "mnt")
 		os.Mkdir(mnt, 0o755)
 		unmount, err := mountTmpfs(mnt)
-		if err != nil {
-			t.Skipf("cannot mount a tmpfs (%v): needs root", err)
-		}
+		testenv.Need(t, err == nil, fmt.Sprintf("root, to mount a tmpfs (%v)", err))
 		defer unmount()
 		writeFile(t, filepath.Join(mnt, "f"), []byte("x"), 0o644)
 		c := mustCheckpoint(t, s, ws, Key{Session: "s"})
