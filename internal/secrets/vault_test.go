@@ -27,19 +27,9 @@ func TestVaultReadsWithToken(t *testing.T) {
 	opts := testVaultOptions(f, &logBuffer{})
 	opts.Token = "hvs.static"
 	opts.Paths = map[string]VaultRef{"github": {Path: "ci/github", Key: "token"}}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 
-	got, err := v.Get(t.Context(), "github")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != "ghp_value1" {
-		t.Errorf("Get = %q, want ghp_value1", got)
-	}
+	wantSecret(t, v, "github", "ghp_value1")
 	reqs := f.requests()
 	if len(reqs) != 2 || reqs[0].Path != "/v1/auth/token/lookup-self" || reqs[1].Path != "/v1/secret/data/ci/github" {
 		t.Fatalf("requests = %v, want lookup-self then the read", reqs)
@@ -88,19 +78,9 @@ func TestVaultAppRoleLoginThenRead(t *testing.T) {
 	opts := testVaultOptions(f, &logBuffer{})
 	opts.RoleID, opts.SecretIDFile = "role-1", secretIDFile
 	opts.Paths = map[string]VaultRef{"npm": {Path: "ci/npm", Key: "token"}}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 
-	got, err := v.Get(t.Context(), "npm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != "npm_value" {
-		t.Errorf("Get = %q, want npm_value", got)
-	}
+	wantSecret(t, v, "npm", "npm_value")
 	reqs := f.requests()
 	if reqs[0].Path != "/v1/auth/approle/login" || reqs[0].Token != "" {
 		t.Errorf("first request %v with token %q; want a login without a token", reqs[0], reqs[0].Token)
@@ -125,11 +105,7 @@ func TestVaultRenewsTokenBeforeLeaseEnds(t *testing.T) {
 	opts := testVaultOptions(f, &logBuffer{})
 	opts.RoleID, opts.SecretID = "role-1", "sid"
 	opts.Paths = map[string]VaultRef{"k": {Path: "k", Key: "v"}}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 
 	// Past the first lease, the token still works only if it was renewed.
 	time.Sleep(3 * time.Second)
@@ -151,11 +127,7 @@ func TestVaultRenewsGivenToken(t *testing.T) {
 
 	opts := testVaultOptions(f, &logBuffer{})
 	opts.Token = "hvs.periodic"
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	mustVault(t, opts)
 	eventually(t, 3*time.Second, "renew-self was not called", func() bool {
 		return f.count("/v1/auth/token/renew-self") > 0
 	})
@@ -173,11 +145,7 @@ func TestVaultLogsInAgainWhenRenewalFails(t *testing.T) {
 	opts := testVaultOptions(f, logs)
 	opts.RoleID, opts.SecretID = "role-1", "sid-5e1d"
 	opts.Paths = map[string]VaultRef{"k": {Path: "k", Key: "v"}}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 
 	eventually(t, 4*time.Second, "no second login after renewal was refused", func() bool {
 		return f.count("/v1/auth/approle/login") >= 2
@@ -206,13 +174,9 @@ func TestVaultForbiddenNamesSecretAndVaultMessage(t *testing.T) {
 	opts := testVaultOptions(f, &logBuffer{})
 	opts.Token = "hvs.static"
 	opts.Paths = map[string]VaultRef{"github": {Path: "ci/github", Key: "token"}}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 
-	_, err = v.Get(t.Context(), "github")
+	_, err := v.Get(t.Context(), "github")
 	if err == nil {
 		t.Fatal("Get succeeded despite a 403")
 	}
@@ -241,11 +205,7 @@ func TestVaultMissingKeyOrSecretIsNotFound(t *testing.T) {
 		"deleted":        {Path: "deleted", Key: "v"},
 		"no-version":     {Path: "present", Key: "user", Version: 7},
 	}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 
 	for name, want := range map[string]string{
 		"missing-key":    `secret "missing-key": vault secret/present has no key "token": secret not found`,
@@ -278,11 +238,7 @@ func TestVaultRequestsPinnedVersion(t *testing.T) {
 		"pinned": {Path: "rotating", Key: "v", Version: 1},
 		"latest": {Path: "rotating", Key: "v"},
 	}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 
 	for name, want := range map[string]string{"pinned": "first", "latest": "second"} {
 		got, err := v.Get(t.Context(), name)
@@ -312,11 +268,7 @@ func TestVaultUsesConfiguredMounts(t *testing.T) {
 	opts.Token = "hvs.static"
 	opts.Mount = "/kv/team/"
 	opts.Paths = map[string]VaultRef{"x": {Path: "x", Key: "k"}}
-	v, err := NewVault(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := mustVault(t, opts)
 	if got, err := v.Get(t.Context(), "x"); err != nil || string(got) != "val" {
 		t.Errorf("Get = %q, %v; want val", got, err)
 	}
@@ -450,5 +402,28 @@ func TestVaultCloseStopsRenewalAndRevokesItsOwnToken(t *testing.T) {
 	}
 	if n := f.count("/v1/auth/token/revoke-self"); n != 1 {
 		t.Errorf("revoke-self called for a token the caller gave")
+	}
+}
+
+// mustVault connects to Vault with opts and closes it when the test ends.
+func mustVault(t *testing.T, opts VaultOptions) *Vault {
+	t.Helper()
+	v, err := NewVault(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	return v
+}
+
+// wantSecret checks that src yields want for name.
+func wantSecret(t *testing.T, src Source, name, want string) {
+	t.Helper()
+	got, err := src.Get(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Errorf("Get(%q) = %q, want %q", name, got, want)
 	}
 }
