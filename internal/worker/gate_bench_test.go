@@ -98,6 +98,21 @@ func (t sandboxTool) Execute(ctx context.Context, in json.RawMessage) ([]anthrop
 	return []anthropic.BetaToolResultBlockParamContentUnion{{OfText: &anthropic.BetaTextBlockParam{Text: res.Text}}}, nil
 }
 
+// benchTool is "echo" (answers at once: the gate's own cost) or "sandbox"
+// (bash in a process sandbox: a real call).
+func benchTool(b *testing.B, name string) anthropic.BetaTool {
+	if name == "echo" {
+		return echoTool{}
+	}
+	rt := process.New(process.Options{Binary: testenv.Binary(b)})
+	sb, err := rt.Create(context.Background(), sandbox.Spec{Workspace: b.TempDir(), Env: SandboxEnv(nil)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sb.Close(context.Background()) })
+	return sandboxTool{sb: sb}
+}
+
 // BenchmarkGateCall is one tool call through the whole gate (journal,
 // hooks, decision, metrics, log line) with telemetry and the audit log off,
 // and on: spans recorded by the SDK (batched to an exporter that drops
@@ -107,16 +122,7 @@ func (t sandboxTool) Execute(ctx context.Context, in json.RawMessage) ([]anthrop
 // Compare off and on within one run.
 func BenchmarkGateCall(b *testing.B) {
 	for _, tool := range []string{"echo", "sandbox"} {
-		var tl anthropic.BetaTool = echoTool{}
-		if tool == "sandbox" {
-			rt := process.New(process.Options{Binary: testenv.Binary(b)})
-			sb, err := rt.Create(context.Background(), sandbox.Spec{Workspace: b.TempDir(), Env: SandboxEnv(nil)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { _ = sb.Close(context.Background()) })
-			tl = sandboxTool{sb: sb}
-		}
+		tl := benchTool(b, tool)
 		for _, on := range []bool{false, true} {
 			name := "tool=" + tool + "/telemetry=off"
 			if on {
@@ -134,16 +140,7 @@ func BenchmarkGateCall(b *testing.B) {
 func BenchmarkTelemetryThroughput(b *testing.B) {
 	for _, tool := range []string{"echo", "sandbox"} {
 		b.Run("tool="+tool, func(b *testing.B) {
-			var tl anthropic.BetaTool = echoTool{}
-			if tool == "sandbox" {
-				rt := process.New(process.Options{Binary: testenv.Binary(b)})
-				sb, err := rt.Create(context.Background(), sandbox.Spec{Workspace: b.TempDir(), Env: SandboxEnv(nil)})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { _ = sb.Close(context.Background()) })
-				tl = sandboxTool{sb: sb}
-			}
+			tl := benchTool(b, tool)
 			off, on := newBenchGate(b, false), newBenchGate(b, true)
 			var tOff, tOn time.Duration
 			for b.Loop() {
