@@ -112,6 +112,28 @@ func (ps *parser) strings(f field, what string) []string {
 	return out
 }
 
+// unique returns the string under key in the mapping n (fields f), which
+// is required and must not repeat across the entries seen so far (value →
+// line). dupFormat says what a repeat means, given the value (%[1]s) and
+// the line it was first used on (%[2]d).
+func (ps *parser) unique(n *yaml.Node, f map[string]field, key, what, missing, dupFormat string, seen map[string]int) string {
+	fl, ok := f[key]
+	if !ok {
+		ps.errorf(n, "%s: %s", what, missing)
+		return ""
+	}
+	v, ok := ps.str(fl, what)
+	if !ok {
+		return ""
+	}
+	if line, dup := seen[v]; dup {
+		ps.errorf(fl.val, "%s: %s", what, fmt.Sprintf(dupFormat, v, line))
+	} else {
+		seen[v] = fl.val.Line
+	}
+	return v
+}
+
 // nameOf is the value of key in mapping n, if it is a non-empty string.
 func nameOf(n *yaml.Node, key string) string {
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -183,25 +205,12 @@ func (ps *parser) egressCredential(n *yaml.Node, index int, secrets, envs map[st
 		what = fmt.Sprintf("egress credential %q", name)
 	}
 	f := ps.fields(n, what, egressCredKeys)
-	var c egress.EnvCredential
-	if sf, ok := f["secret"]; !ok {
-		ps.errorf(n, "%s: missing secret (the name of a secret configured under secrets: in the worker config)", what)
-	} else if name, ok := ps.str(sf, what); ok {
-		if line, dup := secrets[name]; dup {
-			ps.errorf(sf.val, "%s: the secret has another credential already (line %d)", what, line)
-		}
-		secrets[name] = sf.val.Line
-		c.Name = name
-	}
-	if ef, ok := f["env"]; !ok {
-		ps.errorf(n, "%s: missing env (the variable that holds the placeholder in the sandbox)", what)
-	} else if env, ok := ps.str(ef, what); ok {
-		if line, dup := envs[env]; dup {
-			ps.errorf(ef.val, "%s: env %s is used by another credential (line %d)", what, env, line)
-		}
-		envs[env] = ef.val.Line
-		c.Env = env
-	}
+	c := egress.EnvCredential{Env: ps.unique(n, f, "env", what,
+		"missing env (the variable that holds the placeholder in the sandbox)",
+		"env %[1]s is used by another credential (line %[2]d)", envs)}
+	c.Name = ps.unique(n, f, "secret", what,
+		"missing secret (the name of a secret configured under secrets: in the worker config)",
+		"the secret has another credential already (line %[2]d)", secrets)
 	if hf, ok := f["hosts"]; !ok {
 		ps.errorf(n, "%s: missing hosts (where the value may be sent)", what)
 	} else {
