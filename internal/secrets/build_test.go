@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 func TestBuildRejectsInvalidSpecs(t *testing.T) {
@@ -82,7 +84,7 @@ func TestBuildAssemblesEveryBackend(t *testing.T) {
 	f.addToken("hvs.static", 0, false)
 	f.put("pypi", map[string]any{"token": "pypi_value"})
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.static"
 	client := fake.NewClientset(
 		k8sSecret("ci", "registry", map[string]string{"password": "registry_value"}),
@@ -153,7 +155,7 @@ func TestBuildLeavesVaultAloneWithoutVaultSecrets(t *testing.T) {
 
 func TestBuildReportsVaultConnectionFailure(t *testing.T) {
 	f := newFakeVault(t)
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.unknown"
 	_, _, err := Build(t.Context(), []Spec{{Name: "pypi", Vault: &VaultRef{Path: "p", Key: "k"}}}, Backends{Vault: &opts})
 	if err == nil || !strings.Contains(err.Error(), "permission denied (HTTP 403)") {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // TestSourcesKeepTheContract holds every Source to the same behaviour: the
@@ -35,7 +37,7 @@ func TestSourcesKeepTheContract(t *testing.T) {
 			f.addToken("hvs.static", 0, false)
 			f.put("present", map[string]any{"k": "v1"})
 			f.put("empty", map[string]any{"k": ""})
-			opts := testVaultOptions(f, &logBuffer{})
+			opts := testVaultOptions(f, &testenv.Buffer{})
 			opts.Token = "hvs.static"
 			opts.Paths = map[string]VaultRef{"present": {Path: "present", Key: "k"}, "empty": {Path: "empty", Key: "k"}, "missing": {Path: "missing", Key: "k"}}
 			v, err := NewVault(t.Context(), opts)

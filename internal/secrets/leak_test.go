@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/klog/v2"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // TestErrorsNeverContainValues plants a canary value behind every failure
@@ -55,7 +57,7 @@ func TestErrorsNeverContainValues(t *testing.T) {
 	f.cannedResponse("junk", raw(http.StatusOK, canary))
 	f.cannedResponse("forbidden", raw(http.StatusForbidden, `{"errors":["permission denied"]}`))
 
-	logs := &logBuffer{}
+	logs := &testenv.Buffer{}
 	opts := testVaultOptions(f, logs)
 	opts.Token = "hvs.static"
 	opts.Paths = map[string]VaultRef{}

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 func TestVaultReadsWithToken(t *testing.T) {
@@ -24,7 +26,7 @@ func TestVaultReadsWithToken(t *testing.T) {
 	f.addToken("hvs.static", 0, false)
 	f.put("ci/github", map[string]any{"token": "ghp_value1", "user": "bot"})
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.static"
 	opts.Paths = map[string]VaultRef{"github": {Path: "ci/github", Key: "token"}}
 	v := mustVault(t, opts)
@@ -75,7 +77,7 @@ func TestVaultAppRoleLoginThenRead(t *testing.T) {
 
 	secretIDFile := filepath.Join(t.TempDir(), "secret-id")
 	writePrivate(t, secretIDFile, "secret-id-1\n")
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.RoleID, opts.SecretIDFile = "role-1", secretIDFile
 	opts.Paths = map[string]VaultRef{"npm": {Path: "ci/npm", Key: "token"}}
 	v := mustVault(t, opts)
@@ -102,7 +104,7 @@ func TestVaultRenewsTokenBeforeLeaseEnds(t *testing.T) {
 	f.lease = 2 * time.Second
 	f.put("k", map[string]any{"v": "value"})
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.RoleID, opts.SecretID = "role-1", "sid"
 	opts.Paths = map[string]VaultRef{"k": {Path: "k", Key: "v"}}
 	v := mustVault(t, opts)
@@ -125,7 +127,7 @@ func TestVaultRenewsGivenToken(t *testing.T) {
 	f := newFakeVault(t)
 	f.addToken("hvs.periodic", 2*time.Second, true)
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.periodic"
 	mustVault(t, opts)
 	eventually(t, 3*time.Second, "renew-self was not called", func() bool {
@@ -141,7 +143,7 @@ func TestVaultLogsInAgainWhenRenewalFails(t *testing.T) {
 	f.denyRenew = true
 	f.put("k", map[string]any{"v": "value"})
 
-	logs := &logBuffer{}
+	logs := &testenv.Buffer{}
 	opts := testVaultOptions(f, logs)
 	opts.RoleID, opts.SecretID = "role-1", "sid-5e1d"
 	opts.Paths = map[string]VaultRef{"k": {Path: "k", Key: "v"}}
@@ -171,7 +173,7 @@ func TestVaultForbiddenNamesSecretAndVaultMessage(t *testing.T) {
 		vaultErrorResponse(w, 403, "1 error occurred:\n\t* permission denied\n\n")
 	})
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.static"
 	opts.Paths = map[string]VaultRef{"github": {Path: "ci/github", Key: "token"}}
 	v := mustVault(t, opts)
@@ -197,7 +199,7 @@ func TestVaultMissingKeyOrSecretIsNotFound(t *testing.T) {
 	f.put("deleted", map[string]any{"v": "old"})
 	f.put("deleted", nil)
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.static"
 	opts.Paths = map[string]VaultRef{
 		"missing-key":    {Path: "present", Key: "token"},
@@ -232,7 +234,7 @@ func TestVaultRequestsPinnedVersion(t *testing.T) {
 	f.put("rotating", map[string]any{"v": "first"})
 	f.put("rotating", map[string]any{"v": "second"})
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.static"
 	opts.Paths = map[string]VaultRef{
 		"pinned": {Path: "rotating", Key: "v", Version: 1},
@@ -264,7 +266,7 @@ func TestVaultUsesConfiguredMounts(t *testing.T) {
 	f.addToken("hvs.static", 0, false)
 	f.put("x", map[string]any{"k": "val"})
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.static"
 	opts.Mount = "/kv/team/"
 	opts.Paths = map[string]VaultRef{"x": {Path: "x", Key: "k"}}
@@ -370,7 +372,7 @@ func TestVaultCloseStopsRenewalAndRevokesItsOwnToken(t *testing.T) {
 	f.roleID, f.secretID = "role-1", "sid"
 	f.addToken("hvs.given", time.Hour, true)
 
-	opts := testVaultOptions(f, &logBuffer{})
+	opts := testVaultOptions(f, &testenv.Buffer{})
 	opts.RoleID, opts.SecretID = "role-1", "sid"
 	v, err := NewVault(t.Context(), opts)
 	if err != nil {
@@ -391,7 +393,7 @@ func TestVaultCloseStopsRenewalAndRevokesItsOwnToken(t *testing.T) {
 		t.Errorf("%d requests after Close", after-before)
 	}
 
-	opts = testVaultOptions(f, &logBuffer{})
+	opts = testVaultOptions(f, &testenv.Buffer{})
 	opts.Token = "hvs.given"
 	v, err = NewVault(t.Context(), opts)
 	if err != nil {
