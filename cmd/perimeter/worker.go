@@ -143,7 +143,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if tel.Handler != nil {
 		log = slog.New(slog.NewMultiHandler(log.Handler(), tel.Handler))
 	}
-	w, gate, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, observability{tp: tp, reg: reg, events: tel.Logs})
+	w, gate, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, observability{tp: tp, reg: reg, events: tel.Logger()})
 	if err != nil {
 		return err
 	}

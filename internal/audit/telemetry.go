@@ -27,10 +27,8 @@ import (
 // Tracing's spans, configured by the same standard variables. Its zero
 // value exports nothing.
 type Telemetry struct {
-	// Logs, when set, is a logger whose records become OpenTelemetry log
-	// records (the slog bridge); nil when log export is off.
-	Logs *slog.Logger
-	// Handler is Logs' handler, to fan the process log out to it.
+	// Handler, when set, turns slog records into OpenTelemetry log records
+	// (the slog bridge); nil when log export is off.
 	Handler slog.Handler
 
 	shutdown []func(context.Context) error
@@ -95,7 +93,6 @@ func StartTelemetry(ctx context.Context, opts TelemetryOptions) (*Telemetry, err
 		lp := sdklog.NewLoggerProvider(sdklog.WithProcessor(sdklog.NewBatchProcessor(logExp)), sdklog.WithResource(r))
 		t.shutdown = append(t.shutdown, lp.Shutdown)
 		t.Handler = otelslog.NewHandler("github.com/perimeterhq/perimeter", otelslog.WithLoggerProvider(lp), otelslog.WithSource(false))
-		t.Logs = slog.New(t.Handler)
 	}
 
 	metricExp := opts.MetricExporter
@@ -168,6 +165,15 @@ func signalProtocol(signal string) string {
 		return p
 	}
 	return os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+}
+
+// Logger is a logger whose records are exported as OpenTelemetry log
+// records, or nil when log export is off.
+func (t *Telemetry) Logger() *slog.Logger {
+	if t.Handler == nil {
+		return nil
+	}
+	return slog.New(t.Handler)
 }
 
 // Events tees audit records to OpenTelemetry log records: each record is

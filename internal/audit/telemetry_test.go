@@ -39,7 +39,7 @@ func TestEventsWriteTheLogAndEmitOneLogRecordPerRecordInItsTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := Events{Log: w, OTel: tel.Logs}
+	ev := Events{Log: w, OTel: tel.Logger()}
 	tp := sdktrace.NewTracerProvider()
 	ctx, span := tp.Tracer("t").Start(context.Background(), "call")
 	err = ev.Append(ctx, Record{SessionID: "sesn_1", ToolUseID: "sevt_1",
