@@ -35,9 +35,14 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 		return nil, nil
 	}
 	s, dir, err := openOwn(cmp.Or(cfg.Checkpoints.Dir, checkpointDir(cfg.Worker.StateDir)), cfg.Worker.ID, "checkpoint store", log,
-		checkpoint.ErrLocked, func(dir string) (*checkpoint.Store, error) { return checkpoint.Open(dir, checkpoint.Options{}) })
+		checkpoint.ErrLocked, func(dir string) (*checkpoint.Store, error) {
+			return checkpoint.Open(dir, checkpoint.Options{FullScan: cfg.Checkpoints.FullScan})
+		})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Checkpoints.FullScan {
+		log.Info("checkpoints stat every file of the workspace (checkpoints.full_scan)")
 	}
 	rep, err := s.Prune(ctx, retention(cfg))
 	if err != nil {

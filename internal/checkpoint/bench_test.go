@@ -33,37 +33,40 @@ func benchWorkspace(b testing.TB, n int) (string, []string) {
 }
 
 // BenchmarkCheckpoint times a checkpoint after changing 10 files, and one
-// after changing nothing, with a stat cache older than the racy window.
+// after changing nothing, with a stat cache older than the racy window,
+// with change tracking and with a full scan.
 func BenchmarkCheckpoint(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		for _, changed := range []int{0, 10} {
 			for _, sync := range []bool{false, true} {
-				b.Run(fmt.Sprintf("files=%d/changed=%d/fsync=%v", n, changed, sync), func(b *testing.B) {
-					root, paths := benchWorkspace(b, n)
-					s, _ := openStore(b, Options{NoSync: !sync})
-					s.racyWindow = 0
-					ctx := context.Background()
-					if _, err := s.Checkpoint(ctx, root, Key{Session: "b"}); err != nil {
-						b.Fatal(err)
-					}
-					rng := rand.New(rand.NewPCG(1, 1))
-					b.ResetTimer()
-					for i := 0; b.Loop(); i++ {
-						b.StopTimer()
-						for _, j := range rng.Perm(n)[:changed] {
-							os.WriteFile(paths[j], fmt.Appendf(nil, "change %d %d", i, j), 0o644)
-						}
-						time.Sleep(time.Millisecond)
-						b.StartTimer()
-						c, err := s.Checkpoint(ctx, root, Key{Session: "b", ToolUseID: fmt.Sprint(i)})
-						if err != nil {
+				for _, full := range []bool{false, true} {
+					b.Run(fmt.Sprintf("files=%d/changed=%d/fsync=%v/fullscan=%v", n, changed, sync, full), func(b *testing.B) {
+						root, paths := benchWorkspace(b, n)
+						s, _ := openStore(b, Options{NoSync: !sync, FullScan: full})
+						s.racyWindow = 0
+						ctx := context.Background()
+						if _, err := s.Checkpoint(ctx, root, Key{Session: "b"}); err != nil {
 							b.Fatal(err)
 						}
-						if c.Hashed != changed {
-							b.Fatalf("hashed %d files, want %d", c.Hashed, changed)
+						rng := rand.New(rand.NewPCG(1, 1))
+						b.ResetTimer()
+						for i := 0; b.Loop(); i++ {
+							b.StopTimer()
+							for _, j := range rng.Perm(n)[:changed] {
+								os.WriteFile(paths[j], fmt.Appendf(nil, "change %d %d", i, j), 0o644)
+							}
+							time.Sleep(time.Millisecond)
+							b.StartTimer()
+							c, err := s.Checkpoint(ctx, root, Key{Session: "b", ToolUseID: fmt.Sprint(i)})
+							if err != nil {
+								b.Fatal(err)
+							}
+							if c.Hashed != changed {
+								b.Fatalf("hashed %d files, want %d", c.Hashed, changed)
+							}
 						}
-					}
-				})
+					})
+				}
 			}
 		}
 	}

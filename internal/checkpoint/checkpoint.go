@@ -57,6 +57,11 @@ type Checkpoint struct {
 	// changed since the session's previous one (or was too recent to vouch
 	// for their content). Only set in Checkpoint's result.
 	Hashed int
+	// Visited is how many directories this checkpoint listed or checked;
+	// with change tracking, only those that changed since the session's
+	// previous checkpoint and their ancestors. Only set in Checkpoint's
+	// result.
+	Visited int
 	// NewObjects and NewBytes are what this checkpoint added to the store.
 	NewObjects int
 	NewBytes   int64
@@ -112,6 +117,24 @@ type dirState struct {
 	names []string // every name listed, skipped ones included, sorted
 	ents  []cachedEntry
 	sum   hash
+	tot   counts // of everything under the directory
+}
+
+// counts sums up a directory tree, not counting its root.
+type counts struct {
+	files, dirs, links int64
+	bytes              int64
+	listed             int64 // names listed, skipped ones included
+	multi              int64 // regular files with more than one link
+}
+
+func (c *counts) add(o *counts) {
+	c.files += o.files
+	c.dirs += o.dirs
+	c.links += o.links
+	c.bytes += o.bytes
+	c.listed += o.listed
+	c.multi += o.multi
 }
 
 // snapResult is what a walk of a workspace produced.
@@ -122,6 +145,7 @@ type snapResult struct {
 	symlinks int
 	bytes    int64
 	hashed   int
+	visited  int
 	skipped  []Skip
 }
 
@@ -135,7 +159,7 @@ type snapResult struct {
 // A cancelled ctx stops the walk and leaves the store as it was (objects
 // already written are removed or, if a crash interrupts, collected by the
 // next Prune).
-func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (Checkpoint, error) {
+func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpoint, err error) {
 	if key.Session == "" {
 		return Checkpoint{}, fmt.Errorf("checkpoint: empty session id")
 	}
@@ -150,12 +174,22 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (Checkpoin
 	ss, err := s.sessionLocked(key.Session)
 	var prev *snapCache
 	var ix *sessionIndex
+	var track *tracker
 	if err == nil {
 		prev, ix = ss.cache, ss.index
+		track = s.trackerLocked(ss, root)
 	}
 	s.mu.Unlock()
 	if err != nil {
 		return Checkpoint{}, err
+	}
+	if track != nil {
+		defer func() {
+			if err != nil {
+				// Its events were taken; the next walk must visit all.
+				track.fail()
+			}
+		}()
 	}
 	if prev != nil && prev.root != root {
 		prev = nil
@@ -163,7 +197,7 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (Checkpoin
 
 	now := s.clock()
 	t := s.newTxn()
-	res, err := s.snapshot(ctx, root, prev, t)
+	res, err := s.snapshot(ctx, root, prev, t, track)
 	if err == nil {
 		err = ctx.Err()
 	}
@@ -190,13 +224,14 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (Checkpoin
 		Symlinks:   res.symlinks,
 		Bytes:      res.bytes,
 		Hashed:     res.hashed,
+		Visited:    res.visited,
 		NewObjects: objs,
 		NewBytes:   newBytes,
 		Skipped:    res.skipped,
 		NumSkipped: len(res.skipped),
 	}
 	rec := c
-	rec.Hashed = 0
+	rec.Hashed, rec.Visited = 0, 0
 	rec.Skipped = rec.Skipped[:min(len(rec.Skipped), maxRecordedSkips)]
 	size, err := ix.writeRecord(s, &rec)
 	if err != nil {

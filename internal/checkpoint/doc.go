@@ -37,15 +37,23 @@
 //
 // Each session keeps in memory the stat cache of its latest checkpoint:
 // every entry's size, mtime, ctime, inode and mode, and each directory's
-// own stat and listing. A checkpoint still stats every entry (one
-// fstatat(2) each, on up to Options.Parallelism goroutines) but reads only
-// files whose stat changed, and lists only directories whose stat changed.
-// A file whose ctime was too close to the previous checkpoint's start for
-// its stat to vouch for its content ("racily clean", as git calls it) is
-// read again. Unchanged directories reuse their manifest without encoding
-// it. The caches take about 150 bytes per entry and Options.CacheEntries
-// bounds them together; a session without one (after a restart, or
-// evicted) reads every file once.
+// own stat, listing and totals. With change tracking (watch_linux.go, on
+// unless Options.FullScan), the session's directories are watched through
+// inotify, and a checkpoint visits only the directories that had an event
+// since the previous checkpoint began, with their ancestors; the others
+// are taken from the cache as they are, so the cost follows what changed,
+// not the size of the workspace. Without tracking, or when its events do
+// not cover everything (first checkpoint, queue overflow, a watch that
+// could not be added, hard-linked files), a checkpoint stats every entry
+// (one fstatat(2) each, on up to Options.Parallelism goroutines).
+//
+// Either way, it reads only files whose stat changed, and lists only
+// directories whose stat changed. A file whose ctime was too close to the
+// previous checkpoint's start for its stat to vouch for its content
+// ("racily clean", as git calls it) is read again. Unchanged directories
+// reuse their manifest without encoding it. The caches take about 150
+// bytes per entry and Options.CacheEntries bounds them together; a session
+// without one (after a restart, or evicted) reads every file once.
 //
 // # Trust model
 //
@@ -73,7 +81,8 @@
 // The stat comparison is what git relies on too, and shares its blind
 // spot: a write through a shared writable mmap to a page that is already
 // dirty does not update the file's times, so a checkpoint taken before
-// the page is written back can miss it.
+// the page is written back can miss it. Change tracking widens it: such a
+// write raises no event at all until the mapping is released.
 //
 // # Concurrency
 //

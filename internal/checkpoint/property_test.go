@@ -188,6 +188,21 @@ func (w *workspaceOps) step() {
 			}
 			return "symlink " + p + " -> " + target
 		},
+		func() string { // hard link to a file; writes through either name change both
+			p, ok := w.pick("file")
+			if !ok {
+				return ""
+			}
+			q := w.newPath()
+			if q == p {
+				return ""
+			}
+			w.clear(q)
+			if err := os.Link(w.abs(p), w.abs(q)); err != nil {
+				return "" // q's parent may be missing
+			}
+			return "link " + p + " -> " + q
+		},
 		func() string { // nested empty directories
 			p := w.newPath() + "/" + names[w.rng.IntN(len(names))]
 			if _, err := os.Lstat(w.abs(filepath.Dir(p))); err == nil {
@@ -246,13 +261,16 @@ func TestRestoreReproducesEveryCheckpoint(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		statCache bool // pause so that the stat cache vouches for old files
+		fullScan  bool
 	}{
-		{"recent files are always read", false},
-		{"stat cache vouches for old files", true},
+		{"full scan, recent files are always read", false, true},
+		{"full scan, stat cache vouches for old files", true, true},
+		{"change tracking", false, false},
+		{"change tracking, old files", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed(t), 7))
-			s, _ := openStore(t, Options{})
+			s, _ := openStore(t, Options{FullScan: tc.fullScan})
 			var pause time.Duration
 			if tc.statCache {
 				pause = fastStore(s)
@@ -267,7 +285,7 @@ func TestRestoreReproducesEveryCheckpoint(t *testing.T) {
 			}()
 			var want []map[string]node
 			var cps []Checkpoint
-			hashedTotal := 0
+			hashedTotal, visitedTotal := 0, 0
 			for i := range steps {
 				for range 1 + rng.IntN(3) {
 					ops.step()
@@ -279,10 +297,11 @@ func TestRestoreReproducesEveryCheckpoint(t *testing.T) {
 					t.Fatalf("checkpoint %d skipped %v", i, skipNames(c.Skipped))
 				}
 				hashedTotal += c.Hashed
+				visitedTotal += c.Visited
 				cps = append(cps, c)
 				time.Sleep(pause)
 			}
-			t.Logf("%d checkpoints, %d files hashed in all", len(cps), hashedTotal)
+			t.Logf("%d checkpoints, %d files hashed and %d directories visited in all", len(cps), hashedTotal, visitedTotal)
 
 			order := rng.Perm(len(cps))
 			order = append(order, order[:len(order)/2]...) // some twice

@@ -41,6 +41,12 @@ type Options struct {
 	// session without a cache re-reads every file at its next checkpoint.
 	// Zero means 2 million.
 	CacheEntries int
+	// FullScan turns change tracking off: every checkpoint stats every
+	// entry of the workspace, as it must anyway when tracking is not
+	// available. Tracking (inotify; see watch_linux.go) makes a checkpoint
+	// cost what changed rather than the workspace's size, but cannot see
+	// writes through a shared mapping that stays mapped across tool calls.
+	FullScan bool
 	// Clock stamps checkpoints and decides their age in Prune. Nil means
 	// time.Now. The racy-file check always uses the system clock, since it
 	// compares with file timestamps.
@@ -79,6 +85,8 @@ type Store struct {
 
 	mu       sync.Mutex // guards the fields below and those of each session
 	closed   bool
+	watcher  *watcher // change tracking; nil until first needed, or unavailable
+	watchErr error    // why change tracking is unavailable
 	sessions map[string]*session
 	useTick  uint64 // LRU clock for session caches
 }
@@ -92,6 +100,7 @@ type session struct {
 	// never while an append is under way.
 	index   *sessionIndex
 	cache   *snapCache // stat cache of the latest checkpoint, or nil
+	track   *tracker   // change tracking of the workspace, or nil
 	lastUse uint64
 }
 
@@ -164,6 +173,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.sessions = nil
+	if s.watcher != nil {
+		s.watcher.close()
+	}
 	return s.lock.Close()
 }
 
@@ -173,7 +185,33 @@ func (s *Store) Close() error {
 func (s *Store) Forget(session string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if ss := s.sessions[session]; ss != nil && ss.track != nil {
+		ss.track.release()
+	}
 	delete(s.sessions, session)
+}
+
+// trackerLocked returns the change tracker of a session's workspace at
+// root, or nil without tracking. s.mu is held, and so is the session's
+// run lock.
+func (s *Store) trackerLocked(ss *session, root string) *tracker {
+	if s.opts.FullScan {
+		return nil
+	}
+	if s.watcher == nil && s.watchErr == nil {
+		s.watcher, s.watchErr = newWatcher()
+	}
+	if s.watcher == nil {
+		return nil
+	}
+	if ss.track != nil && ss.track.root != root {
+		ss.track.release()
+		ss.track = nil
+	}
+	if ss.track == nil {
+		ss.track = s.watcher.track(root)
+	}
+	return ss.track
 }
 
 // sessionLocked returns the state of a session, creating it and loading

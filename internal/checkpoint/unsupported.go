@@ -11,7 +11,16 @@ import (
 // O_NOFOLLOW, the only way this package trusts to stay inside a hostile
 // workspace; elsewhere they report ErrUnsupported.
 
-func (s *Store) snapshot(context.Context, string, *snapCache, *txn) (snapResult, error) {
+type watcher struct{}
+
+type tracker struct{ root string }
+
+func newWatcher() (*watcher, error)    { return nil, ErrUnsupported }
+func (*watcher) close()                {}
+func (*watcher) track(string) *tracker { return nil }
+func (*tracker) release()              {}
+
+func (s *Store) snapshot(context.Context, string, *snapCache, *txn, *tracker) (snapResult, error) {
 	return snapResult{}, ErrUnsupported
 }
 

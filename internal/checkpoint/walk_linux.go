@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -31,10 +32,15 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, smallFile); return &
 // are free and are walked inline otherwise. Each directory's files are
 // read by the goroutine that lists it.
 type walker struct {
-	s       *Store
-	ctx     context.Context
-	txn     *txn
-	prev    *snapCache // nil: no stat cache, every file is read
+	s     *Store
+	ctx   context.Context
+	txn   *txn
+	prev  *snapCache // nil: no stat cache, every file is read
+	track *tracker   // nil: directories are not watched
+	// visit, when not nil, holds the only directories that may have
+	// changed since prev (see tracker.begin); the others are kept as prev
+	// has them. Nil: every directory is visited.
+	visit   map[string]bool
 	rootDev uint64
 	// Entries whose change time is at or after these (ns) are racy: for
 	// file systems with sub-second timestamps, and with whole seconds.
@@ -45,7 +51,7 @@ type walker struct {
 	dirs    map[string]*dirState
 	skipped []Skip
 
-	files, nDirs, links, hashed, bytes, listed atomic.Int64
+	hashed, visited atomic.Int64
 }
 
 // isRacy reports whether an entry's stat fails to vouch for its content at
@@ -65,13 +71,35 @@ func (w *walker) isRacy(k statKey) bool {
 	return k.ctime >= w.racyFine
 }
 
-func (s *Store) snapshot(ctx context.Context, root string, prev *snapCache, t *txn) (snapResult, error) {
+// snapshot records the tree under root. With a tracker whose events
+// cover everything since prev, only the directories that changed are
+// visited; a workspace with hard-linked files is visited whole.
+func (s *Store) snapshot(ctx context.Context, root string, prev *snapCache, t *txn, track *tracker) (snapResult, error) {
+	var visit map[string]bool
+	if track != nil {
+		v, ok := track.begin()
+		if ok && prev != nil && prev.dirs[""] != nil && prev.dirs[""].tot.multi == 0 {
+			visit = v
+		}
+	}
+	res, err := s.walk(ctx, root, prev, t, track, visit)
+	if err == nil && visit != nil && res.cache.dirs[""].tot.multi > 0 {
+		// A file with another link may have been written through a
+		// directory that had no event.
+		res, err = s.walk(ctx, root, prev, t, track, nil)
+	}
+	return res, err
+}
+
+func (s *Store) walk(ctx context.Context, root string, prev *snapCache, t *txn, track *tracker, visit map[string]bool) (snapResult, error) {
 	start := time.Now()
 	w := &walker{
 		s:          s,
 		ctx:        ctx,
 		txn:        t,
 		prev:       prev,
+		track:      track,
+		visit:      visit,
 		racyFine:   start.Add(-s.racyWindow).UnixNano(),
 		racyCoarse: start.Add(-max(s.racyWindow, 2*time.Second)).UnixNano(),
 		sem:        make(chan struct{}, s.opts.Parallelism),
@@ -91,22 +119,59 @@ func (s *Store) snapshot(ctx context.Context, root string, prev *snapCache, t *t
 	if prev != nil {
 		prevRoot = prev.dirs[""]
 	}
-	w.sem <- struct{}{}
-	d, err := w.walkDir(fd, "", 0, keyOf(&st), prevRoot)
-	<-w.sem
-	if err != nil {
-		return snapResult{}, err
+	var d *dirState
+	if w.unchanged("", keyOf(&st), prevRoot) {
+		d = prevRoot
+		w.keep("", d)
+	} else {
+		w.sem <- struct{}{}
+		d, err = w.walkDir(fd, "", 0, keyOf(&st), prevRoot)
+		<-w.sem
+		if err != nil {
+			return snapResult{}, err
+		}
 	}
 	slices.SortFunc(w.skipped, func(a, b Skip) int { return strings.Compare(a.Path, b.Path) })
 	return snapResult{
-		cache:    &snapCache{root: root, id: d.sum, dirs: w.dirs, entries: int(w.listed.Load())},
-		files:    int(w.files.Load()),
-		dirs:     int(w.nDirs.Load()),
-		symlinks: int(w.links.Load()),
-		bytes:    w.bytes.Load(),
+		cache:    &snapCache{root: root, id: d.sum, dirs: w.dirs, entries: int(d.tot.listed)},
+		files:    int(d.tot.files),
+		dirs:     int(d.tot.dirs),
+		symlinks: int(d.tot.links),
+		bytes:    d.tot.bytes,
 		hashed:   int(w.hashed.Load()),
+		visited:  int(w.visited.Load()),
 		skipped:  w.skipped,
 	}, nil
+}
+
+// unchanged reports whether the directory at rel, whose stat is now st,
+// is known to be as prev recorded it without looking inside: no event
+// came from it or from anywhere under it.
+func (w *walker) unchanged(rel string, st statKey, prev *dirState) bool {
+	return w.visit != nil && prev != nil && !w.visit[rel] && prev.st == st
+}
+
+// keep records the directory at rel, and everything under it, as the
+// previous checkpoint had them.
+func (w *walker) keep(rel string, d *dirState) {
+	var add func(rel string, d *dirState)
+	kept := make(map[string]*dirState)
+	add = func(rel string, d *dirState) {
+		kept[rel] = d
+		for i := range d.ents {
+			if d.ents[i].kind != kindDir {
+				continue
+			}
+			sub := joinPath(rel, d.ents[i].name)
+			if sd := w.prev.dirs[sub]; sd != nil {
+				add(sub, sd)
+			}
+		}
+	}
+	add(rel, d)
+	w.mu.Lock()
+	maps.Copy(w.dirs, kept)
+	w.mu.Unlock()
 }
 
 func (w *walker) skip(rel, name, reason string) {
@@ -128,6 +193,11 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 	if err := w.ctx.Err(); err != nil {
 		return nil, err
 	}
+	if w.track != nil {
+		// Before listing: a change after this point raises an event.
+		w.track.watch(fd, rel)
+	}
+	w.visited.Add(1)
 	d := &dirState{st: self, racy: w.isRacy(self)}
 	if prev != nil && !prev.racy && prev.st == self {
 		// Adding, removing or renaming an entry sets the directory's
@@ -143,7 +213,6 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 		slices.Sort(names)
 		d.names = names
 	}
-	w.listed.Add(int64(len(d.names)))
 	var prevEnts []cachedEntry
 	if prev != nil {
 		prevEnts = prev.ents
@@ -177,6 +246,9 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 			continue
 		}
 		k := keyOf(&st)
+		if st.Nlink > 1 && k.mode&syscall.S_IFMT == syscall.S_IFREG {
+			d.tot.multi++
+		}
 		ce := cachedEntry{entry: entry{name: name, mode: k.mode & modeMask}, st: k, racy: w.isRacy(k)}
 		switch k.mode & syscall.S_IFMT {
 		case syscall.S_IFREG:
@@ -257,6 +329,11 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 			if w.prev != nil {
 				childPrev = w.prev.dirs[childRel]
 			}
+			if w.unchanged(childRel, sd.st, childPrev) {
+				states[n] = childPrev
+				w.keep(childRel, childPrev)
+				continue
+			}
 			run := func() {
 				states[n], errs[n] = w.openDir(fd, rel, sd.name, childRel, depth+1, sd.st, childPrev)
 			}
@@ -289,21 +366,23 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 				continue
 			}
 			d.ents[sd.i].sum = states[n].sum
+			d.tot.add(&states[n].tot)
 		}
 		if drop {
 			d.ents = slices.DeleteFunc(d.ents, func(e cachedEntry) bool { return e.name == "" })
 		}
 	}
 
+	d.tot.listed += int64(len(d.names))
 	for i := range d.ents {
 		switch d.ents[i].kind {
 		case kindFile:
-			w.files.Add(1)
-			w.bytes.Add(d.ents[i].size)
+			d.tot.files++
+			d.tot.bytes += d.ents[i].size
 		case kindSymlink:
-			w.links.Add(1)
+			d.tot.links++
 		case kindDir:
-			w.nDirs.Add(1)
+			d.tot.dirs++
 		}
 	}
 	if prev != nil && len(prev.ents) == len(d.ents) && sameEntries(prev.ents, d.ents) {

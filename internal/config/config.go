@@ -63,6 +63,12 @@ type Checkpoints struct {
 	// workspace across sessions: saved when a session ends, loaded by the
 	// next session with the same value. Empty keeps nothing.
 	PersistKey string `yaml:"persist_key"`
+	// FullScan stats every entry of the workspace at each checkpoint
+	// instead of tracking changes with inotify. Tracking makes a
+	// checkpoint cost what changed, not the workspace's size, but cannot
+	// see writes through a shared writable mapping (mmap) that a process
+	// keeps across tool calls until that mapping is released.
+	FullScan bool `yaml:"full_scan"`
 }
 
 // SyncEvery is how often audit records are fsynced: 0 for each record
