@@ -213,6 +213,7 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpo
 		t.abort()
 		return Checkpoint{}, err
 	}
+	s.spares.refill()
 	c := Checkpoint{
 		ID:         res.cache.id.String(),
 		Session:    key.Session,

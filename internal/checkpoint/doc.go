@@ -11,6 +11,8 @@
 //	sessions/<h>.jsonl    a session's checkpoint index (index.go); h is the
 //	                      first 32 hex digits of SHA-256(session id)
 //	tmp/                  files being written; emptied by Open
+//	spare/                empty files made ahead of need, taken as tmp
+//	                      files are (spare.go); emptied by Open
 //
 // Objects are file contents, stored raw, and directory manifests
 // (manifest.go): a manifest is the sorted list of a directory's entries,

@@ -85,6 +85,7 @@ type Store struct {
 
 	mu       sync.Mutex // guards the fields below and those of each session
 	closed   bool
+	spares   spares
 	watcher  *watcher // change tracking; nil until first needed, or unavailable
 	watchErr error    // why change tracking is unavailable
 	sessions map[string]*session
@@ -115,6 +116,7 @@ const (
 	objectsDir   = "objects"
 	sessionsDir  = "sessions"
 	tmpDir       = "tmp"
+	spareDir     = "spare"
 	defaultCache = 2_000_000
 )
 
@@ -149,21 +151,26 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.lock = lock
 	// Temporary files belong to checkpoints that never finished; with the
 	// lock held nobody else can be writing them.
-	tmp := filepath.Join(dir, tmpDir)
-	if err := os.RemoveAll(tmp); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("checkpoint: clean %s: %w", tmp, err)
+	// So do spare files, which may have been taken and half written.
+	for _, d := range []string{tmpDir, spareDir} {
+		tmp := filepath.Join(dir, d)
+		if err := os.RemoveAll(tmp); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("checkpoint: clean %s: %w", tmp, err)
+		}
+		if err := os.Mkdir(tmp, 0o700); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("checkpoint: open store: %w", err)
+		}
 	}
-	if err := os.Mkdir(tmp, 0o700); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("checkpoint: open store: %w", err)
-	}
+	s.spares.dir = filepath.Join(dir, spareDir)
 	return s, nil
 }
 
 // Close waits for running checkpoints, restores and prunes, then releases
 // the store. Later calls return ErrClosed.
 func (s *Store) Close() error {
+	s.spares.close()
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
 	s.mu.Lock()
@@ -371,8 +378,12 @@ func (t *txn) done(h hash, tmp string, size int64) {
 	t.mu.Unlock()
 }
 
-// createTemp opens a new temporary file in the store.
+// createTemp opens a new temporary file in the store: a spare one if
+// there is one left.
 func (t *txn) createTemp() (*os.File, error) {
+	if f := t.s.spares.take(); f != nil {
+		return f, nil
+	}
 	f, err := os.CreateTemp(filepath.Join(t.s.dir, tmpDir), "obj-")
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
