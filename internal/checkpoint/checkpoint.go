@@ -231,12 +231,22 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpo
 		Skipped:    res.skipped,
 		NumSkipped: len(res.skipped),
 	}
+	if err := s.appendRecord(ix, c); err != nil {
+		return Checkpoint{}, err
+	}
+	s.setCache(ss, res.cache)
+	return c, nil
+}
+
+// appendRecord appends c, whose objects are durable, to the session index
+// ix. The session's run lock is held.
+func (s *Store) appendRecord(ix *sessionIndex, c Checkpoint) error {
 	rec := c
 	rec.Hashed, rec.Visited = 0, 0
 	rec.Skipped = rec.Skipped[:min(len(rec.Skipped), maxRecordedSkips)]
 	size, err := ix.writeRecord(s, &rec)
 	if err != nil {
-		return Checkpoint{}, err
+		return err
 	}
 	s.mu.Lock()
 	// If Forget dropped the session meanwhile, ix is no one's: the next
@@ -244,8 +254,7 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpo
 	ix.size, ix.nextSeq = size, c.Seq+1
 	ix.records = append(ix.records, rec)
 	s.mu.Unlock()
-	s.setCache(ss, res.cache)
-	return c, nil
+	return nil
 }
 
 // RestoreReport says what Restore changed.
