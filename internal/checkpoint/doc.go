@@ -86,10 +86,46 @@
 // the page is written back can miss it. Change tracking widens it: such a
 // write raises no event at all until the mapping is released.
 //
+// # Remote stores
+//
+// Push and Pull copy checkpoints to and from a Remote, such as an
+// S3-compatible bucket, so that a workspace outlives the host that saved
+// it. A remote holds
+//
+//	objects/<hex>   file contents, as in objects/ here
+//	trees/<hex>     directory manifests
+//	refs/<h>        named references (ref.go); h is the hex SHA-256 of
+//	                the name, which may be any bytes
+//
+// Push sends a manifest only after everything it names, so a manifest on
+// the remote vouches for its whole subtree, and Push skips such a
+// directory without looking inside it: pushing again after a few changes
+// costs a request per changed file and per directory on the path to one.
+// Manifests live apart from file contents because the sandbox controls
+// the contents: a file whose bytes equal some directory's manifest would
+// otherwise stand, under the same name, for a subtree that was never
+// sent. Objects are immutable and named by their content, so workers
+// pushing to the same remote at once never conflict, at worst sending an
+// object twice; a reference is replaced whole, and the last writer wins.
+// PushRef writes a reference only after its checkpoint is whole on the
+// remote. Nothing is ever deleted from a remote.
+//
+// The remote is trusted to keep objects, not to keep them intact. Pull
+// checks every object it fetches against its name, and every file against
+// the length its manifest records, before the object enters the store
+// (streamed through tmp/, then committed as a checkpoint's objects are);
+// it decodes manifests with the same checks as local ones, and refuses
+// trees nested deeper than a checkpoint can be or that expand, through
+// subdirectories named many times, beyond what a checkpoint can hold. A
+// pulled tree is recorded in a session's index like a checkpoint, so that
+// Prune keeps it. Push, in turn, checks each object it reads, so a store
+// damaged on disk never spreads the damage to a remote that other workers
+// share.
+//
 // # Concurrency
 //
-// One process per store (the flock). Within it, Checkpoint and Restore
-// hold Store.gcMu shared and Prune holds it exclusively, so garbage
+// One process per store (the flock). Within it, Checkpoint, Restore, Push
+// and Pull hold Store.gcMu shared and Prune holds it exclusively, so garbage
 // collection never races with a checkpoint that found an object already
 // present, nor with a restore reading one; checkpoints of one session run
 // one at a time, those of different sessions in parallel.

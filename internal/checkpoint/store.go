@@ -47,6 +47,9 @@ type Options struct {
 	// cost what changed rather than the workspace's size, but cannot see
 	// writes through a shared mapping that stays mapped across tool calls.
 	FullScan bool
+	// Transfers is how many objects Push and Pull copy at once. Zero
+	// means 16.
+	Transfers int
 	// Clock stamps checkpoints and decides their age in Prune. Nil means
 	// time.Now. The racy-file check always uses the system clock, since it
 	// compares with file timestamps.
@@ -68,8 +71,8 @@ type Store struct {
 	lock  io.Closer
 	clock func() time.Time
 
-	// gcMu: shared by Checkpoint and Restore, exclusive by Prune and
-	// Close; guards the set of objects on disk against deletion.
+	// gcMu: shared by Checkpoint, Restore, Push and Pull, exclusive by
+	// Prune and Close; guards the set of objects on disk against deletion.
 	gcMu sync.RWMutex
 
 	// racyWindow is how far back from a checkpoint's start a file's
