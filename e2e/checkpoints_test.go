@@ -3,14 +3,19 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"github.com/perimeterhq/perimeter/internal/approval"
 	"github.com/perimeterhq/perimeter/internal/testenv"
@@ -117,6 +122,72 @@ func TestASessionStartsFromTheWorkspaceItsKeySaved(t *testing.T) {
 	waitFor(t, "the session with another key to fail", func() bool { return scenarioOf(t, op, c).Status == "failed" })
 	if _, err := os.Stat(filepath.Join(state, "workspaces", c, "latest")); !os.IsNotExist(err) {
 		t.Errorf("a session with another key found the first one's files: %v", err)
+	}
+}
+
+// TestWorkersShareSavedWorkspacesThroughAnObjectStore: two workers with
+// state directories of their own (two hosts) and one S3 bucket; a session
+// on the first saves its workspace, a session with the same key on the
+// second starts from it.
+func TestWorkersShareSavedWorkspacesThroughAnObjectStore(t *testing.T) {
+	const keyID, secret = "AKIAE2EPERSIST", "e2e-s3-secret-1b2c3d"
+	backend := s3mem.New()
+	if err := backend.CreateBucket("workspaces"); err != nil {
+		t.Fatal(err)
+	}
+	var requests, signed atomic.Int64
+	fake := gofakes3.New(backend, gofakes3.WithLogger(gofakes3.DiscardLog())).Server()
+	s3srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if strings.Contains(r.Header.Get("Authorization"), "Credential="+keyID+"/") {
+			signed.Add(1)
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	defer s3srv.Close()
+	cfg := filepath.Join(t.TempDir(), "persist.yaml")
+	writeFile(t, cfg, "version: 1\ncheckpoints:\n  persist_key: workspace\n  remote:\n"+
+		"    endpoint: "+s3srv.URL+"\n    bucket: workspaces\n    prefix: e2e\n    disable_tls: true\n")
+	env := []string{"AWS_ACCESS_KEY_ID=" + keyID, "AWS_SECRET_ACCESS_KEY=" + secret}
+
+	cp := startControlPlane(t, t.TempDir(), "")
+	op := operator(cp.url)
+	newWith := func(agent, key string) string {
+		s, err := op.Beta.Sessions.New(context.Background(), anthropic.BetaSessionNewParams{
+			Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + agent)},
+			EnvironmentID: envID,
+			Metadata:      map[string]string{"workspace": key},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.ID
+	}
+
+	first := startWorkerEnv(t, cp.url, t.TempDir(), env, "--config", cfg)
+	a := newWith("e2e-persist-a", "project-1")
+	waitPassed(t, op, a)
+	waitFor(t, "the workspace to reach the object store", func() bool {
+		return strings.Contains(first.out.String(), "copied the saved workspace to the object store")
+	})
+	first.signal(sigterm)
+	if code := first.wait(30 * time.Second); code != 0 {
+		t.Fatalf("first worker exited %d", code)
+	}
+
+	second := startWorkerEnv(t, cp.url, t.TempDir(), env, "--config", cfg)
+	b := newWith("e2e-persist-b", "project-1")
+	waitPassed(t, op, b)
+	if !strings.Contains(second.out.String(), "fetched the saved workspace from the object store") {
+		t.Errorf("the second worker did not fetch the workspace from the object store:\n%s", second.out.String())
+	}
+	if requests.Load() == 0 || signed.Load() != requests.Load() {
+		t.Errorf("%d of %d requests to the object store were signed with the configured key", signed.Load(), requests.Load())
+	}
+	for _, out := range []string{first.out.String(), second.out.String()} {
+		if strings.Contains(out, secret) {
+			t.Errorf("a worker logged the object store's secret key")
+		}
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/approval"
 	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/s3"
 	"github.com/perimeterhq/perimeter/internal/worker"
 )
 
@@ -50,6 +51,30 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 	}
 	log.Info("checkpoint store open", slog.String("dir", dir), slog.Int("checkpoints", rep.Kept), slog.Int64("bytes", rep.Bytes), slog.Int("pruned", rep.Removed))
 	return s, nil
+}
+
+// openRemote connects to the object store that persisted workspaces are
+// kept in, when one is configured, and checks that it answers.
+func openRemote(ctx context.Context, cfg *config.Config, log *slog.Logger) (checkpoint.Remote, error) {
+	c := cfg.Checkpoints
+	if c.Remote.Bucket == "" {
+		return nil, nil
+	}
+	if c.Disabled || c.PersistKey == "" {
+		log.Warn("checkpoints.remote is set but nothing is persisted: set checkpoints.persist_key (and leave checkpoints enabled)")
+		return nil, nil
+	}
+	b, err := s3.New(c.Remote)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoints.remote: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := b.Check(ctx); err != nil {
+		return nil, fmt.Errorf("checkpoints.remote: %w", err)
+	}
+	log.Info("persisted workspaces are kept in an object store", slog.String("remote", b.String()))
+	return b, nil
 }
 
 func retention(cfg *config.Config) checkpoint.Retention {

@@ -1,10 +1,18 @@
 package main
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+
+	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/s3"
 )
 
 // The checkpoints API answers nothing without the admin token.
@@ -27,5 +35,36 @@ func TestTheCheckpointsAPINeedsTheAdminToken(t *testing.T) {
 		if rec.Code != tc.want {
 			t.Errorf("Authorization %q: %d %s, want %d", tc.auth, rec.Code, rec.Body, tc.want)
 		}
+	}
+}
+
+// A worker whose object store cannot be used refuses to start, and says
+// what is wrong; one without persistence ignores the store.
+func TestOpenRemoteChecksTheBucket(t *testing.T) {
+	backend := s3mem.New()
+	if err := backend.CreateBucket("present"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gofakes3.New(backend, gofakes3.WithLogger(gofakes3.DiscardLog())).Server())
+	defer srv.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIATEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+	cfg := func(bucket, key string) *config.Config {
+		var c config.Config
+		c.Checkpoints.PersistKey = key
+		c.Checkpoints.Remote = s3.Config{Endpoint: srv.URL, Bucket: bucket, DisableTLS: true}
+		return &c
+	}
+	log := slog.New(slog.DiscardHandler)
+	ctx := context.Background()
+	if r, err := openRemote(ctx, cfg("present", "workspace"), log); err != nil || r == nil {
+		t.Fatalf("an existing bucket: %v, %v", r, err)
+	}
+	_, err := openRemote(ctx, cfg("missing", "workspace"), log)
+	if err == nil || !strings.Contains(err.Error(), "checkpoints.remote") || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("a missing bucket: %v, want an error naming the setting and the bucket", err)
+	}
+	if r, err := openRemote(ctx, cfg("missing", ""), log); err != nil || r != nil {
+		t.Fatalf("no persist_key: %v, %v; want no store and no error", r, err)
 	}
 }

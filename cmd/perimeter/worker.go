@@ -247,6 +247,15 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 			cps.Close()
 		}
 	}
+	remote, err := openRemote(ctx, cfg, log)
+	if err != nil {
+		closeCheckpoints()
+		closeEgress()
+		rs.Close()
+		gate.Store().Close()
+		closeAudit()
+		return nil, nil, nil, err
+	}
 	var clientOpts []option.RequestOption
 	if cfg.Anthropic.BaseURL != "" {
 		clientOpts = append(clientOpts, option.WithBaseURL(cfg.Anthropic.BaseURL))
@@ -270,6 +279,7 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		Egress:            eg,
 		Checkpoints:       cps,
 		PersistKey:        cfg.Checkpoints.PersistKey,
+		PersistRemote:     remote,
 		CustomTools:       cfg.CustomTools,
 		TracerProvider:    obs.tp,
 		Logger:            log,

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/go-units"
 	"gopkg.in/yaml.v3"
 
+	"github.com/perimeterhq/perimeter/internal/s3"
 	"github.com/perimeterhq/perimeter/internal/secrets"
 )
 
@@ -63,6 +64,13 @@ type Checkpoints struct {
 	// workspace across sessions: saved when a session ends, loaded by the
 	// next session with the same value. Empty keeps nothing.
 	PersistKey string `yaml:"persist_key"`
+	// Remote, when its bucket is set, keeps the persisted workspaces in an
+	// S3-compatible object store as well, so that a session on any worker
+	// sharing the bucket starts from the workspace its key saved. The
+	// credentials come from the standard chain (AWS_* or MINIO_*
+	// variables, the shared credentials file, an instance or pod role),
+	// never from this file.
+	Remote s3.Config `yaml:"remote"`
 	// FullScan stats every entry of the workspace at each checkpoint
 	// instead of tracking changes with inotify. Tracking makes a
 	// checkpoint cost what changed, not the workspace's size, but cannot

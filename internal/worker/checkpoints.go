@@ -131,7 +131,8 @@ func (w *Worker) Checkpoints() *checkpoint.Store { return w.opts.Checkpoints }
 func persistedName(key string) string { return "persist:" + key }
 
 // loadPersisted starts a fresh session from the workspace last saved under
-// its persistence key, if any.
+// its persistence key, if any: the one the remote store names, or else
+// the latest this worker saved.
 func (s *session) loadPersisted(ctx context.Context) {
 	key := s.metadata[s.w.opts.PersistKey]
 	if key == "" {
@@ -140,16 +141,19 @@ func (s *session) loadPersisted(ctx context.Context) {
 	if entries, err := os.ReadDir(s.workspace); err != nil || len(entries) > 0 {
 		return // a session that already has files keeps them
 	}
-	store := s.w.opts.Checkpoints
-	list, err := store.List(persistedName(key))
-	if err != nil || len(list) == 0 {
-		s.log.Info("no saved workspace for this persistence key yet", slog.String("persist_key", s.w.opts.PersistKey))
-		return
-	}
-	last := list[len(list)-1]
-	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.load", trace.WithAttributes(attribute.String("perimeter.checkpoint.id", last.ID)))
+	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.load")
 	defer span.End()
-	rep, err := store.Restore(ctx, s.workspace, last.ID)
+	last, ok := s.pullPersisted(ctx, key)
+	if !ok {
+		list, err := s.w.opts.Checkpoints.List(persistedName(key))
+		if err != nil || len(list) == 0 {
+			s.log.Info("no saved workspace for this persistence key yet", slog.String("persist_key", s.w.opts.PersistKey))
+			return
+		}
+		last = list[len(list)-1]
+	}
+	span.SetAttributes(attribute.String("perimeter.checkpoint.id", last.ID))
+	rep, err := s.w.opts.Checkpoints.Restore(ctx, s.workspace, last.ID)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		s.log.Error("could not load the saved workspace; starting empty", slog.Any("error", err))
@@ -159,7 +163,37 @@ func (s *session) loadPersisted(ctx context.Context) {
 	s.log.Info("started from the saved workspace", slog.String("checkpoint", last.ID), slog.String("saved_by", last.ToolUseID), slog.Int("files", rep.Written))
 }
 
-// savePersisted saves the session's workspace under its persistence key.
+// pullPersisted fetches the workspace the remote store names for key into
+// the local store. ok is false when there is no remote, it names none, or
+// it cannot be read (logged): the worker's own saves are used instead.
+func (s *session) pullPersisted(ctx context.Context, key string) (checkpoint.Checkpoint, bool) {
+	remote := s.w.opts.PersistRemote
+	if remote == nil {
+		return checkpoint.Checkpoint{}, false
+	}
+	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.pull")
+	defer span.End()
+	ref, ok, err := checkpoint.ReadRef(ctx, remote, key)
+	if err == nil && !ok {
+		return checkpoint.Checkpoint{}, false
+	}
+	var cp checkpoint.Checkpoint
+	var tr checkpoint.Transfer
+	if err == nil {
+		cp, tr, err = s.w.opts.Checkpoints.Pull(ctx, ref.ID, remote, checkpoint.Key{Session: persistedName(key), ToolUseID: ref.SavedBy})
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		s.log.Error("could not fetch the saved workspace from the object store; using this worker's own", slog.Any("error", err))
+		return checkpoint.Checkpoint{}, false
+	}
+	span.SetAttributes(attribute.String("perimeter.checkpoint.id", cp.ID), attribute.Int("perimeter.transfer.objects", tr.Copied), attribute.Int64("perimeter.transfer.bytes", tr.CopiedBytes))
+	s.log.Info("fetched the saved workspace from the object store", slog.String("checkpoint", cp.ID), slog.Int("objects", tr.Copied), slog.Int64("bytes", tr.CopiedBytes))
+	return cp, true
+}
+
+// savePersisted saves the session's workspace under its persistence key,
+// here and in the remote store if there is one.
 func (s *session) savePersisted(ctx context.Context) {
 	if s.w.opts.Checkpoints == nil || s.w.opts.PersistKey == "" {
 		return
@@ -171,7 +205,8 @@ func (s *session) savePersisted(ctx context.Context) {
 	ctx = context.WithoutCancel(ctx)
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.save")
 	defer span.End()
-	cp, err := s.w.opts.Checkpoints.Checkpoint(ctx, s.workspace, checkpoint.Key{Session: persistedName(key), ToolUseID: "session " + s.sessionID})
+	savedBy := "session " + s.sessionID
+	cp, err := s.w.opts.Checkpoints.Checkpoint(ctx, s.workspace, checkpoint.Key{Session: persistedName(key), ToolUseID: savedBy})
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		s.log.Error("could not save the workspace for later sessions", slog.Any("error", err))
@@ -180,6 +215,16 @@ func (s *session) savePersisted(ctx context.Context) {
 	span.SetAttributes(attribute.String("perimeter.checkpoint.id", cp.ID))
 	s.audit(ctx, "", audit.Checkpoint{ID: cp.ID, Bytes: cp.NewBytes}, nil)
 	s.log.Info("saved the workspace for later sessions", slog.String("checkpoint", cp.ID), slog.Int("files", cp.Files))
+	if remote := s.w.opts.PersistRemote; remote != nil {
+		tr, err := s.w.opts.Checkpoints.PushRef(ctx, remote, checkpoint.Ref{Name: key, ID: cp.ID, SavedBy: savedBy})
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+			s.log.Error("could not copy the saved workspace to the object store; only this worker has it", slog.Any("error", err))
+			return
+		}
+		span.SetAttributes(attribute.Int("perimeter.transfer.objects", tr.Copied), attribute.Int64("perimeter.transfer.bytes", tr.CopiedBytes))
+		s.log.Info("copied the saved workspace to the object store", slog.String("checkpoint", cp.ID), slog.Int("objects", tr.Copied), slog.Int64("bytes", tr.CopiedBytes))
+	}
 }
 
 // rollbackFailed restores the workspace to the checkpoint taken before a

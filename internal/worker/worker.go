@@ -102,6 +102,11 @@ type Options struct {
 	// saved under that value, and a later session with the same value
 	// starts from it. Empty keeps nothing. Needs Checkpoints.
 	PersistKey string
+	// PersistRemote, when set, keeps the saved workspaces in an object
+	// store as well, for sessions on other workers: a session's workspace
+	// is pushed there when it ends, and a new session starts from the one
+	// the store names for its key, falling back to this worker's own.
+	PersistRemote checkpoint.Remote
 	// SessionAttributes maps span attribute names (tenant.id, enduser.id)
 	// to the session metadata keys whose values they take, on the session's
 	// span and each of its tool calls' spans.
