@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
@@ -103,15 +101,7 @@ func TestASessionStartsFromTheWorkspaceItsKeySaved(t *testing.T) {
 	state := t.TempDir()
 	w := startWorker(t, cp.url, state, "--config", cfg)
 	newWith := func(agent, key string) string {
-		s, err := op.Beta.Sessions.New(context.Background(), anthropic.BetaSessionNewParams{
-			Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + agent)},
-			EnvironmentID: envID,
-			Metadata:      map[string]string{"workspace": key},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s.ID
+		return newSessionWith(t, op, agent, map[string]string{"workspace": key})
 	}
 	a := newWith("e2e-persist-a", "project-1")
 	waitPassed(t, op, a)
@@ -153,15 +143,7 @@ func TestWorkersShareSavedWorkspacesThroughAnObjectStore(t *testing.T) {
 	cp := startControlPlane(t, t.TempDir(), "")
 	op := operator(cp.url)
 	newWith := func(agent, key string) string {
-		s, err := op.Beta.Sessions.New(context.Background(), anthropic.BetaSessionNewParams{
-			Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + agent)},
-			EnvironmentID: envID,
-			Metadata:      map[string]string{"workspace": key},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s.ID
+		return newSessionWith(t, op, agent, map[string]string{"workspace": key})
 	}
 
 	first := startWorkerEnv(t, cp.url, t.TempDir(), env, "--config", cfg)

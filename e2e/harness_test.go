@@ -189,9 +189,16 @@ func operator(url string) anthropic.Client {
 
 func newSession(t *testing.T, c anthropic.Client, agent string) string {
 	t.Helper()
+	return newSessionWith(t, c, agent, nil)
+}
+
+// newSessionWith creates a session of agent_<agent> with metadata.
+func newSessionWith(t *testing.T, c anthropic.Client, agent string, metadata map[string]string) string {
+	t.Helper()
 	s, err := c.Beta.Sessions.New(context.Background(), anthropic.BetaSessionNewParams{
 		Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + agent)},
 		EnvironmentID: envID,
+		Metadata:      metadata,
 	})
 	if err != nil {
 		t.Fatalf("create session: %v", err)

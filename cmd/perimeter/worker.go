@@ -178,9 +178,6 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	return w.Run(audit.ParentFromEnv(ctx))
 }
 
-// newWorker builds a worker, and its sandbox runtime, from cfg and the
-// environment key. The returned close releases the runtime after the
-// worker is done.
 // observability is where a worker's spans, metrics and audit events go;
 // zero fields mean none (and a private metrics registry).
 type observability struct {
@@ -189,6 +186,9 @@ type observability struct {
 	events *slog.Logger // OpenTelemetry log records of the audit events
 }
 
+// newWorker builds a worker, and its sandbox runtime, from cfg and the
+// environment key. The returned close releases the runtime after the
+// worker is done.
 func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog.Logger, obs observability) (*worker.Worker, *approval.Gate, func(), error) {
 	if cfg.Worker.ID == "" {
 		cfg.Worker.ID = defaultWorkerID(cfg.Worker.StateDir)
@@ -196,21 +196,31 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 	if err := worker.PrepareStateDir(cfg.Worker.StateDir); err != nil {
 		return nil, nil, nil, err
 	}
+	// closers release what is opened below, the last opened first.
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	fail := func(err error) (*worker.Worker, *approval.Gate, func(), error) {
+		closeAll()
+		return nil, nil, nil, err
+	}
 	auditW, err := openAuditLog(cfg, log)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	var auditLog worker.AuditLog
-	closeAudit := func() {}
 	if auditW != nil || obs.events != nil {
 		auditLog = audit.Events{Log: auditW, OTel: obs.events}
 	}
 	if auditW != nil {
-		closeAudit = func() {
+		closers = append(closers, func() {
 			if err := auditW.Close(); err != nil {
 				log.Error("closing the audit log", slog.Any("error", err))
 			}
-		}
+		})
 	}
 	reg := obs.reg
 	if reg == nil {
@@ -218,43 +228,29 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 	}
 	gate, err := newGate(ctx, cfg, reg, auditLog, log)
 	if err != nil {
-		closeAudit()
-		return nil, nil, nil, err
+		return fail(err)
 	}
+	closers = append(closers, func() { gate.Store().Close() })
 	rs, err := setupRuntime(ctx, cfg, log)
 	if err != nil {
-		gate.Store().Close()
-		closeAudit()
-		return nil, nil, nil, err
+		return fail(err)
 	}
+	closers = append(closers, rs.Close)
 	eg, closeEgress, err := newEgress(ctx, cfg, gate, rs.rt.Name(), log)
 	if err != nil {
-		rs.Close()
-		gate.Store().Close()
-		closeAudit()
-		return nil, nil, nil, err
+		return fail(err)
 	}
+	closers = append(closers, closeEgress)
 	cps, err := openCheckpoints(ctx, cfg, log)
 	if err != nil {
-		closeEgress()
-		rs.Close()
-		gate.Store().Close()
-		closeAudit()
-		return nil, nil, nil, err
+		return fail(err)
 	}
-	closeCheckpoints := func() {
-		if cps != nil {
-			cps.Close()
-		}
+	if cps != nil {
+		closers = append(closers, func() { cps.Close() })
 	}
 	remote, err := openRemote(ctx, cfg, log)
 	if err != nil {
-		closeCheckpoints()
-		closeEgress()
-		rs.Close()
-		gate.Store().Close()
-		closeAudit()
-		return nil, nil, nil, err
+		return fail(err)
 	}
 	var clientOpts []option.RequestOption
 	if cfg.Anthropic.BaseURL != "" {
@@ -290,20 +286,11 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		Metrics:           worker.NewMetrics(reg),
 	})
 	if err != nil {
-		closeCheckpoints()
-		closeEgress()
-		rs.Close()
-		gate.Store().Close()
-		closeAudit()
-		return nil, nil, nil, err
+		return fail(err)
 	}
 	return w, gate, func() {
 		w.Close()
-		closeCheckpoints()
-		closeEgress()
-		rs.Close()
-		gate.Store().Close()
-		closeAudit()
+		closeAll()
 	}, nil
 }
 
