@@ -201,6 +201,14 @@ func (s *Store) Forget(session string) {
 	delete(s.sessions, session)
 }
 
+// Sessions is how many sessions the store holds in memory: their stat
+// caches, loaded indexes and watched workspaces. Forget releases one.
+func (s *Store) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
 // trackerLocked returns the change tracker of a session's workspace at
 // root, or nil without tracking. s.mu is held, and so is the session's
 // run lock.

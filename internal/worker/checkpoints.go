@@ -206,6 +206,8 @@ func (s *session) savePersisted(ctx context.Context) {
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.save")
 	defer span.End()
 	savedBy := "session " + s.sessionID
+	// The key's next save is of another session's workspace.
+	defer s.w.opts.Checkpoints.Forget(persistedName(key))
 	cp, err := s.w.opts.Checkpoints.Checkpoint(ctx, s.workspace, checkpoint.Key{Session: persistedName(key), ToolUseID: savedBy})
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())

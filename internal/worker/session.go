@@ -247,6 +247,12 @@ func (s *session) runSession(ctx context.Context) error {
 		return fmt.Errorf("start the session's egress proxy: %w", err)
 	}
 	defer closeEgress()
+	if cps := s.w.opts.Checkpoints; cps != nil {
+		// The session's stat cache and the watches on its workspace
+		// serve only while it runs here (a later work item of the same
+		// session starts with a full walk).
+		defer cps.Forget(s.sessionID)
+	}
 	// A workspace kept under a persistence key is saved once the sandbox
 	// is gone (deferred before its close, so run after it).
 	defer s.savePersisted(ctx)
