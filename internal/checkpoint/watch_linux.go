@@ -56,11 +56,10 @@ type watcher struct {
 	fd int
 	f  *os.File // owns fd; its poller wakes the reader
 
-	mu    sync.Mutex // guards below and every tracker's fields
-	byWD  map[int32]watchRef
-	buf   []byte
-	done  bool
-	stats struct{ events, overflows int64 }
+	mu   sync.Mutex // guards below and every tracker's fields
+	byWD map[int32]watchRef
+	buf  []byte
+	done bool
 }
 
 // watchRef is what a watch descriptor stands for.
@@ -118,9 +117,7 @@ func newWatcher() (*watcher, error) {
 func (w *watcher) close() {
 	w.mu.Lock()
 	w.done = true
-	for _, ref := range w.byWD {
-		ref.t.all = true
-	}
+	w.loseAllLocked()
 	w.byWD = nil
 	w.mu.Unlock()
 	w.f.Close()
@@ -144,20 +141,23 @@ func (w *watcher) readLocked() {
 		}
 		for off := 0; off+syscall.SizeofInotifyEvent <= n; {
 			ev := (*syscall.InotifyEvent)(unsafe.Pointer(&w.buf[off]))
-			name := w.buf[off+syscall.SizeofInotifyEvent : off+syscall.SizeofInotifyEvent+int(ev.Len)]
-			off += syscall.SizeofInotifyEvent + int(ev.Len)
-			w.applyLocked(ev.Wd, ev.Mask, len(name) > 0 && name[0] != 0)
+			end := off + syscall.SizeofInotifyEvent + int(ev.Len)
+			if end > n {
+				// The kernel returns whole events only; should one ever be
+				// cut, nothing after it can be trusted.
+				w.loseAllLocked()
+				break
+			}
+			named := ev.Len > 0 && w.buf[off+syscall.SizeofInotifyEvent] != 0
+			w.applyLocked(ev.Wd, ev.Mask, named)
+			off = end
 		}
 	}
 }
 
 func (w *watcher) applyLocked(wd int32, mask uint32, named bool) {
-	w.stats.events++
 	if mask&syscall.IN_Q_OVERFLOW != 0 {
-		w.stats.overflows++
-		for _, ref := range w.byWD {
-			ref.t.all = true
-		}
+		w.loseAllLocked()
 		return
 	}
 	ref, ok := w.byWD[wd]
@@ -179,6 +179,13 @@ func (w *watcher) applyLocked(wd int32, mask uint32, named bool) {
 		// The directory itself changed (mode, moved, deleted): so did
 		// its entry in its parent.
 		t.dirty[parentOf(ref.rel)] = struct{}{}
+	}
+}
+
+// loseAllLocked makes every tracker's next checkpoint visit everything.
+func (w *watcher) loseAllLocked() {
+	for _, ref := range w.byWD {
+		ref.t.all = true
 	}
 }
 
