@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
@@ -63,6 +64,9 @@ func runDoctor(ctx context.Context, cfg *config.Config, out io.Writer) error {
 			c.Close()
 		}
 	}
+	fmt.Fprintf(tw, "checkpoints\n")
+	ok, detail := checkpoint.ChangeTracking()
+	fmt.Fprintf(tw, "  %s\tchange tracking\t%s\n", mark(ok), detail)
 	tw.Flush()
 	if pick == "" {
 		fmt.Fprintln(out, "\nNo isolating runtime works on this host. Install Docker (with gVisor's runsc for the strongest isolation) or bubblewrap; see scripts/test-deps.sh.")

@@ -19,6 +19,7 @@ func newWatcher() (*watcher, error)    { return nil, ErrUnsupported }
 func (*watcher) close()                {}
 func (*watcher) track(string) *tracker { return nil }
 func (*tracker) release()              {}
+func (*tracker) fail()                 {}
 
 func (s *Store) snapshot(context.Context, string, *snapCache, *txn, *tracker) (snapResult, error) {
 	return snapResult{}, ErrUnsupported
@@ -29,3 +30,6 @@ func (s *Store) restore(context.Context, string, hash, *snapCache) (RestoreRepor
 }
 
 func syncFS(string) error { return errors.ErrUnsupported }
+
+// ChangeTracking reports that checkpoints cannot track changes here.
+func ChangeTracking() (ok bool, detail string) { return false, "unsupported platform" }

@@ -3,8 +3,10 @@
 package checkpoint
 
 import (
+	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -281,4 +283,19 @@ func (t *tracker) release() {
 		}
 	}
 	t.wds = make(map[int32]struct{})
+}
+
+// ChangeTracking reports whether this host lets checkpoints track changes
+// (see Options.FullScan), and how many directories one user may watch.
+func ChangeTracking() (ok bool, detail string) {
+	fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC)
+	if err != nil {
+		return false, fmt.Sprintf("inotify unavailable (%v): every checkpoint stats every file of the workspace; raise fs.inotify.max_user_instances if it is EMFILE", err)
+	}
+	syscall.Close(fd)
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_watches")
+	if err != nil {
+		return true, "inotify"
+	}
+	return true, fmt.Sprintf("inotify, up to %s watched directories per user (fs.inotify.max_user_watches); past that, checkpoints stat every file", strings.TrimSpace(string(b)))
 }

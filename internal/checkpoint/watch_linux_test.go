@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -210,5 +211,16 @@ func TestTrackingNeverWatchesThroughSymlinks(t *testing.T) {
 	writeFile(t, filepath.Join(outside, "secret"), []byte("changed outside"), 0o600)
 	if again := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t2"}); again.Visited != 0 || again.ID != c.ID {
 		t.Fatalf("a change outside the workspace was tracked: visited %d, id %s, want 0, %s", again.Visited, again.ID, c.ID)
+	}
+}
+
+func TestChangeTrackingReportsTheWatchLimit(t *testing.T) {
+	ok, detail := ChangeTracking()
+	limit, err := os.ReadFile("/proc/sys/fs/inotify/max_user_watches")
+	if err != nil {
+		t.Skip("no /proc/sys/fs/inotify here")
+	}
+	if !ok || !strings.Contains(detail, strings.TrimSpace(string(limit))) {
+		t.Fatalf("ChangeTracking() = %v, %q; want true and the limit %s", ok, detail, limit)
 	}
 }
