@@ -94,6 +94,7 @@ type snapCache struct {
 	id      hash
 	dirs    map[string]*dirState // by path relative to root; "" is the root
 	entries int                  // names listed in all dirs
+	skipped []Skip               // what the checkpoint left out, sorted by path
 }
 
 // statKey is what the cache compares to decide that an entry is unchanged.

@@ -50,6 +50,10 @@ type walker struct {
 	mu      sync.Mutex // guards dirs and skipped
 	dirs    map[string]*dirState
 	skipped []Skip
+	// prevSkips holds prev's skipped entries by the directory they are
+	// in, for directories kept as they were; built on first use.
+	prevSkips     map[string][]Skip
+	prevSkipsOnce sync.Once
 
 	hashed, visited atomic.Int64
 }
@@ -133,7 +137,7 @@ func (s *Store) walk(ctx context.Context, root string, prev *snapCache, t *txn, 
 	}
 	slices.SortFunc(w.skipped, func(a, b Skip) int { return strings.Compare(a.Path, b.Path) })
 	return snapResult{
-		cache:    &snapCache{root: root, id: d.sum, dirs: w.dirs, entries: int(d.tot.listed)},
+		cache:    &snapCache{root: root, id: d.sum, dirs: w.dirs, entries: int(d.tot.listed), skipped: slices.Clone(w.skipped)},
 		files:    int(d.tot.files),
 		dirs:     int(d.tot.dirs),
 		symlinks: int(d.tot.links),
@@ -152,12 +156,21 @@ func (w *walker) unchanged(rel string, st statKey, prev *dirState) bool {
 }
 
 // keep records the directory at rel, and everything under it, as the
-// previous checkpoint had them.
+// previous checkpoint had them, skipped entries included.
 func (w *walker) keep(rel string, d *dirState) {
+	w.prevSkipsOnce.Do(func() {
+		w.prevSkips = make(map[string][]Skip)
+		for _, sk := range w.prev.skipped {
+			dir := parentOf(sk.Path)
+			w.prevSkips[dir] = append(w.prevSkips[dir], sk)
+		}
+	})
 	var add func(rel string, d *dirState)
 	kept := make(map[string]*dirState)
+	var skips []Skip
 	add = func(rel string, d *dirState) {
 		kept[rel] = d
+		skips = append(skips, w.prevSkips[rel]...)
 		for i := range d.ents {
 			if d.ents[i].kind != kindDir {
 				continue
@@ -171,6 +184,7 @@ func (w *walker) keep(rel string, d *dirState) {
 	add(rel, d)
 	w.mu.Lock()
 	maps.Copy(w.dirs, kept)
+	w.skipped = append(w.skipped, skips...)
 	w.mu.Unlock()
 }
 

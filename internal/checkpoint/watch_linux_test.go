@@ -224,3 +224,22 @@ func TestChangeTrackingReportsTheWatchLimit(t *testing.T) {
 		t.Fatalf("ChangeTracking() = %v, %q; want true and the limit %s", ok, detail, limit)
 	}
 }
+
+// What a checkpoint leaves out of a directory it does not visit is still
+// reported: restoring it removes those entries too.
+func TestTrackingReportsSkippedEntriesOfUnchangedDirectories(t *testing.T) {
+	s, ws, paths := trackedWorkspace(t)
+	fifo := filepath.Join(filepath.Dir(paths[0]), "pipe")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t0"})
+	writeFile(t, paths[1000], []byte("elsewhere"), 0o644)
+	c := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t1"})
+	if c.Visited >= first.Visited {
+		t.Fatalf("visited %d directories, want fewer than %d", c.Visited, first.Visited)
+	}
+	if got := skipNames(c.Skipped); len(got) != 1 || !strings.HasPrefix(got[0], "m000/p00/pipe: ") {
+		t.Fatalf("skipped %v, want the FIFO in the unchanged directory", got)
+	}
+}
