@@ -25,19 +25,7 @@ import (
 // real value; the sandbox, the model (every event of the session), the
 // worker's logs and its exported spans never contain it.
 func TestCanarySecretReachesOnlyItsUpstream(t *testing.T) {
-	for _, tc := range []struct {
-		runtime string
-		needs   func() (bool, string)
-	}{
-		{"bwrap", bwrapReady},
-		{"docker", dockerReady},
-	} {
-		t.Run(tc.runtime, func(t *testing.T) {
-			ok, what := tc.needs()
-			testenv.Need(t, ok, what)
-			testCanary(t, tc.runtime)
-		})
-	}
+	onIsolatingRuntimes(t, testCanary)
 }
 
 func testCanary(t *testing.T, runtime string) {
@@ -90,11 +78,7 @@ secrets:
 	t.Cleanup(func() { srv.Close() })
 	waitDial(t, otlp)
 
-	state, err := os.MkdirTemp("", "perimeter-e2e-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
+	state := stateDir(t)
 	cp := startControlPlane(t, t.TempDir(), "")
 	op := operator(cp.url)
 	w := startWorkerEnv(t, cp.url, state, []string{
@@ -174,4 +158,23 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestACallWithARefusedRequestIsRolledBack: a call whose rule says
+// rollback: on_error exits 0 after the egress proxy refused one of its
+// requests; the worker restores the workspace to before the call, and the
+// model reads why.
+func TestACallWithARefusedRequestIsRolledBack(t *testing.T) {
+	onIsolatingRuntimes(t, func(t *testing.T, runtime string) {
+		state := stateDir(t)
+		cp := startControlPlane(t, t.TempDir(), "")
+		op := operator(cp.url)
+		w := startWorker(t, cp.url, state, "--policy", "testdata/policies/egress-rollback.yaml",
+			"--runtime", runtime, "--tool-timeout", "60s", "--worker-id", "e2e-egress-rollback-"+filepathBase(state))
+		id := newSession(t, op, "e2e-egress-rollback")
+		waitPassed(t, op, id)
+		if logs := w.out.String(); !strings.Contains(logs, `msg="egress blocked"`) || !strings.Contains(logs, "host=uploads.example.org") {
+			t.Errorf("the worker's log lacks the blocked request:\n%s", logs)
+		}
+	})
 }

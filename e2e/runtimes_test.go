@@ -32,14 +32,7 @@ func TestShippedScenariosPassOnEveryIsolatingRuntime(t *testing.T) {
 			testenv.Need(t, ok, what)
 			cp := startControlPlane(t, t.TempDir(), "")
 			op := operator(cp.url)
-			// Not t.TempDir: its parents are 0700, and a bwrap sandbox
-			// under a root worker runs as an unprivileged uid that must
-			// reach its workspace.
-			state, err := os.MkdirTemp("", "perimeter-e2e-state-")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(state) })
+			state := stateDir(t)
 			workerID := "e2e-" + tc.runtime + "-" + filepathBase(state)
 			w := startWorkerEnv(t, cp.url, state, nil, "--runtime", tc.runtime, "--worker-id", workerID)
 			ids := map[string]string{}
@@ -89,6 +82,34 @@ func dockerReady() (bool, string) {
 	return true, ""
 }
 
+// onIsolatingRuntimes runs test once per isolating runtime, bwrap and
+// docker, as a subtest that needs the runtime.
+func onIsolatingRuntimes(t *testing.T, test func(t *testing.T, runtime string)) {
+	for _, rt := range []struct {
+		name  string
+		ready func() (bool, string)
+	}{{"bwrap", bwrapReady}, {"docker", dockerReady}} {
+		t.Run(rt.name, func(t *testing.T) {
+			ok, what := rt.ready()
+			testenv.Need(t, ok, what)
+			test(t, rt.name)
+		})
+	}
+}
+
+// stateDir is a worker state directory under $TMPDIR, removed at the end.
+// Not t.TempDir: its parents are 0700, and a bwrap sandbox under a root
+// worker runs as an unprivileged uid that must reach its workspace.
+func stateDir(t *testing.T) string {
+	t.Helper()
+	state, err := os.MkdirTemp("", "perimeter-e2e-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	return state
+}
+
 func bwrapReady() (bool, string) {
 	if exec.Command("bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true").Run() != nil {
 		return false, "bubblewrap able to create namespaces (apt-get install bubblewrap)"
@@ -107,11 +128,7 @@ func TestAWarmPoolSandboxServesASessionOnDocker(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("version: 1\nsandbox:\n  warm_pool: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	state, err := os.MkdirTemp("", "perimeter-e2e-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
+	state := stateDir(t)
 	cp := startControlPlane(t, t.TempDir(), "")
 	op := operator(cp.url)
 	w := startWorkerEnv(t, cp.url, state, nil, "--config", cfg, "--runtime", "docker", "--worker-id", "e2e-pool-"+filepathBase(state))

@@ -86,7 +86,7 @@ func (p *Policy) Explain(c Call) string {
 		fmt.Fprintln(&b, "  read_only: no checkpoint before it")
 	}
 	if res.RollbackOnError {
-		fmt.Fprintln(&b, "  rollback: on_error")
+		fmt.Fprintln(&b, "  rollback: on_error (restored if it fails or the egress proxy refuses one of its requests)")
 	}
 	return b.String()
 }

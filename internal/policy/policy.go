@@ -107,7 +107,8 @@ type Result struct {
 	// taken before it.
 	ReadOnly bool `json:"read_only,omitempty"`
 	// RollbackOnError restores the checkpoint taken before the call when
-	// the call ends in an error (it may have changed files half way).
+	// the call ends in an error, or when the egress proxy refused one of
+	// its requests: either way it may have changed files half way.
 	RollbackOnError bool `json:"rollback_on_error,omitempty"`
 	// Matched lists every rule that matched, in file order.
 	Matched []Match `json:"matched,omitempty"`

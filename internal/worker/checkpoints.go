@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -230,8 +231,13 @@ func (s *session) savePersisted(ctx context.Context) {
 }
 
 // rollbackFailed restores the workspace to the checkpoint taken before a
-// call that failed, as its rule asked, and says so in the result.
+// call that failed, or that the egress proxy refused a request of, as its
+// rule asked, and says so in the result.
 func (s *session) rollbackFailed(ctx context.Context, c *Call, id string, o *Outcome) {
+	why := "The call failed"
+	if !o.IsError {
+		why = fmt.Sprintf("The egress proxy refused %d of the call's requests", o.EgressBlocked)
+	}
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.checkpoint.restore", trace.WithAttributes(
 		attribute.String("perimeter.checkpoint.id", id), attribute.String("perimeter.tool_use.id", c.ToolUseID)))
 	_, err := s.w.opts.Checkpoints.Restore(ctx, s.workspace, id)
@@ -241,9 +247,9 @@ func (s *session) rollbackFailed(ctx context.Context, c *Call, id string, o *Out
 	span.End()
 	if err != nil {
 		s.log.Error("could not roll back after a failed call", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
-		o.Text += "\n[perimeter] The call failed and rolling the workspace back failed too; files may be half changed."
+		o.Text += "\n[perimeter] " + why + " and rolling the workspace back failed too; files may be half changed."
 		return
 	}
-	s.audit(ctx, c.ToolUseID, audit.Restore{CheckpointID: id, By: "worker", Reason: "the call failed; its rule says rollback: on_error"}, nil)
-	o.Text += "\n[perimeter] The call failed, so the workspace was rolled back to how it was before it."
+	s.audit(ctx, c.ToolUseID, audit.Restore{CheckpointID: id, By: "worker", Reason: strings.ToLower(why[:1]) + why[1:] + "; its rule says rollback: on_error"}, nil)
+	o.Text += "\n[perimeter] " + why + ", so the workspace was rolled back to how it was before it."
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -19,14 +20,16 @@ import (
 type runningCall struct {
 	id   string
 	span trace.SpanContext
+	// blocked counts the call's requests the proxy refused.
+	blocked atomic.Int32
 }
 
 // running marks c as the session's running call until the returned func is
 // called. Calls of one session that overlap are attributed to the latest.
-func (s *session) running(ctx context.Context, id string) (done func()) {
-	rc := &runningCall{id: id, span: trace.SpanContextFromContext(ctx)}
+func (s *session) running(ctx context.Context, id string) (rc *runningCall, done func()) {
+	rc = &runningCall{id: id, span: trace.SpanContextFromContext(ctx)}
 	s.current.Store(rc)
-	return func() { s.current.CompareAndSwap(rc, nil) }
+	return rc, func() { s.current.CompareAndSwap(rc, nil) }
 }
 
 func (s *session) currentCall() string {
@@ -107,8 +110,13 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 	// The span's parent is the call that was running, when the record
 	// names it; a request between calls hangs off the session.
 	parent := trace.ContextWithSpanContext(context.Background(), sessionSpan)
-	if rc := s.current.Load(); rc != nil && rc.id == r.ToolUseID && rc.span.IsValid() {
-		parent = trace.ContextWithSpanContext(context.Background(), rc.span)
+	if rc := s.current.Load(); rc != nil && rc.id == r.ToolUseID {
+		if !r.Allowed {
+			rc.blocked.Add(1)
+		}
+		if rc.span.IsValid() {
+			parent = trace.ContextWithSpanContext(context.Background(), rc.span)
+		}
 	}
 	end := time.Now()
 	_, span := s.w.tracer.Start(parent, "egress "+r.Method+" "+r.Host,

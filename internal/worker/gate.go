@@ -64,8 +64,9 @@ type Decision struct {
 	// Edited is set when a human approved an edited input.
 	Edited bool
 	// ReadOnly: the call cannot change the workspace, so no checkpoint is
-	// taken before it. RollbackOnError: a call that ends in an error has
-	// the workspace restored to its checkpoint.
+	// taken before it. RollbackOnError: a call that ends in an error, or
+	// had a request refused by the egress proxy, has the workspace
+	// restored to its checkpoint.
 	ReadOnly, RollbackOnError bool
 }
 
@@ -74,6 +75,9 @@ type Outcome struct {
 	Text     string
 	IsError  bool
 	Duration time.Duration
+	// EgressBlocked counts the requests of the call that the egress proxy
+	// refused: the call was denied part of what it tried.
+	EgressBlocked int
 	// Replayed is true when the result came from the journal, not a run.
 	Replayed bool
 }
@@ -234,7 +238,7 @@ func (s *session) decideAndRun(ctx context.Context, tool anthropic.BetaTool, c *
 	}
 	cpID := s.checkpoint(ctx, c)
 	o := s.execute(ctx, tool, c)
-	if o.IsError && c.Decision.RollbackOnError && cpID != "" {
+	if (o.IsError || o.EgressBlocked > 0) && c.Decision.RollbackOnError && cpID != "" {
 		s.rollbackFailed(ctx, c, cpID, o)
 	}
 	if note := s.takeRollbackNote(); note != "" {
@@ -294,7 +298,15 @@ func (s *session) leave(ctx context.Context, id string) error {
 func (s *session) execute(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
 	ctx, cancel := context.WithTimeout(ctx, s.w.opts.ToolTimeout)
 	defer cancel()
-	defer s.running(ctx, c.ToolUseID)()
+	rc, done := s.running(ctx, c.ToolUseID)
+	defer done()
+	o := s.executeTool(ctx, tool, c)
+	o.EgressBlocked = int(rc.blocked.Load())
+	return o
+}
+
+// executeTool runs the tool and makes its result the model's outcome.
+func (s *session) executeTool(ctx context.Context, tool anthropic.BetaTool, c *Call) *Outcome {
 	blocks, err := tool.Execute(ctx, c.Input)
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
