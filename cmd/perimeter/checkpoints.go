@@ -44,6 +44,8 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 	}
 	if cfg.Checkpoints.FullScan {
 		log.Info("checkpoints stat every file of the workspace (checkpoints.full_scan)")
+	} else if ok, detail := checkpoint.ChangeTracking(); !ok {
+		log.Warn("checkpoints cannot track changes here and stat every file of the workspace", slog.String("reason", detail))
 	}
 	rep, err := s.Prune(ctx, retention(cfg))
 	if err != nil {

@@ -46,6 +46,7 @@ func (s *session) checkpoint(ctx context.Context, c *Call) (id string) {
 		attribute.String("perimeter.checkpoint.id", res.ID),
 		attribute.Int("perimeter.checkpoint.files", res.Files),
 		attribute.Int("perimeter.checkpoint.hashed", res.Hashed),
+		attribute.Int("perimeter.checkpoint.visited_dirs", res.Visited),
 		attribute.Int64("perimeter.checkpoint.new_bytes", res.NewBytes),
 		attribute.Int("perimeter.checkpoint.skipped", len(res.Skipped)),
 	)

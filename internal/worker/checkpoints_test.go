@@ -2,8 +2,12 @@ package worker
 
 import (
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/perimeterhq/perimeter/internal/checkpoint"
 )
@@ -21,6 +25,12 @@ func TestASessionsCheckpointStateIsReleasedWhenItEnds(t *testing.T) {
   - tool: bash
     input: {command: "mkdir -p d/e && echo beta > d/e/b.txt"}
     expect: {is_error: false}
+  - tool: bash
+    input: {command: "echo gamma > a.txt"}
+    expect: {is_error: false}
+  - tool: bash
+    input: {command: "echo delta > a.txt"}
+    expect: {is_error: false}
   - end: terminate
 `)})
 	store, err := checkpoint.Open(filepath.Join(t.TempDir(), "checkpoints"), checkpoint.Options{NoSync: true})
@@ -28,8 +38,10 @@ func TestASessionsCheckpointStateIsReleasedWhenItEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
+	spans := tracetest.NewSpanRecorder()
 	opts := h.workerOptions(t.TempDir())
 	opts.Checkpoints = store
+	opts.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	h.startWorker(opts)
 	id := h.newSession("s")
 	h.waitScenario(id, "passed")
@@ -39,8 +51,21 @@ func TestASessionsCheckpointStateIsReleasedWhenItEnds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 2 {
-		t.Fatalf("%d checkpoints, want 2 (before write and bash; read takes none)", len(list))
+	if len(list) != 4 {
+		t.Fatalf("%d checkpoints, want 4 (before the write and each bash; read takes none)", len(list))
 	}
 	waitFor(t, "the store to forget the session", func() bool { return store.Sessions() == 0 })
+
+	// Each checkpoint's span says how many directories it looked at:
+	// only those changed since the previous one (the last one leaves d
+	// and d/e alone).
+	var visited []string
+	for _, sp := range spans.Ended() {
+		if sp.Name() == "perimeter.checkpoint" {
+			visited = append(visited, attr(sp, "perimeter.checkpoint.visited_dirs"))
+		}
+	}
+	if !slices.Equal(visited, []string{"1", "1", "3", "1"}) {
+		t.Errorf("checkpoint spans visited %v directories, want [1 1 3 1]", visited)
+	}
 }
