@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/perimeterhq/perimeter/internal/lockfile"
 )
 
 // Errors Append and Open return; test with errors.Is.
@@ -103,7 +105,7 @@ func Open(dir string, opts Options) (w *Writer, err error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	lock, err := lockDir(filepath.Join(dir, lockName))
+	lock, err := lockfile.Take(filepath.Join(dir, lockName), ErrLocked)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/perimeterhq/perimeter/internal/lockfile"
 )
 
 var (
@@ -147,7 +149,7 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("checkpoint: open store: %w", err)
 		}
 	}
-	lock, err := lockFile(filepath.Join(dir, lockName))
+	lock, err := lockfile.Take(filepath.Join(dir, lockName), ErrLocked)
 	if err != nil {
 		return nil, err
 	}
