@@ -593,7 +593,7 @@ func (p *puller) fetchTree(h hash, depth int) (treeStats, error) {
 		p.counted(false, int64(len(b)))
 		return sum, nil
 	}
-	if _, err := p.txn.putBytes(b); err != nil {
+	if err := p.txn.putHashed(h, b); err != nil {
 		return treeStats{}, err
 	}
 	p.counted(true, int64(len(b)))

@@ -407,27 +407,32 @@ func (t *txn) createTemp() (*os.File, error) {
 // putBytes adds an object held in memory.
 func (t *txn) putBytes(data []byte) (hash, error) {
 	h := hash(sha256.Sum256(data))
+	return h, t.putHashed(h, data)
+}
+
+// putHashed adds an object held in memory whose hash the caller computed.
+func (t *txn) putHashed(h hash, data []byte) error {
 	if !t.reserve(h) {
-		return h, nil
+		return nil
 	}
 	f, err := t.createTemp()
 	if err != nil {
 		t.release(h)
-		return h, err
+		return err
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		os.Remove(f.Name())
 		t.release(h)
-		return h, fmt.Errorf("checkpoint: write object: %w", err)
+		return fmt.Errorf("checkpoint: write object: %w", err)
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(f.Name())
 		t.release(h)
-		return h, fmt.Errorf("checkpoint: write object: %w", err)
+		return fmt.Errorf("checkpoint: write object: %w", err)
 	}
 	t.done(h, f.Name(), int64(len(data)))
-	return h, nil
+	return nil
 }
 
 // bulkSync is the number of files above which commit flushes the whole

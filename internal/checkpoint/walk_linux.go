@@ -530,7 +530,7 @@ func (w *walker) readFile(fd int, k statKey) (sum hash, ok bool, err error) {
 			return sum, false, nil
 		}
 		sum = sha256.Sum256(buf)
-		if _, err := w.txn.putBytes(buf); err != nil {
+		if err := w.txn.putHashed(sum, buf); err != nil {
 			return sum, false, err
 		}
 		return sum, true, nil
