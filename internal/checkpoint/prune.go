@@ -165,10 +165,11 @@ func (s *Store) Prune(ctx context.Context, r Retention) (PruneReport, error) {
 		rep.Bytes += n
 	}
 	// Loading every index above brought all sessions into memory; keep
-	// only those with a stat cache (the others load again when used).
+	// only those with a stat cache or watches (the others load again when
+	// used).
 	s.mu.Lock()
 	for name, ss := range s.sessions {
-		if ss.cache == nil {
+		if ss.cache == nil && ss.track == nil {
 			delete(s.sessions, name)
 		}
 	}

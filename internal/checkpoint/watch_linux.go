@@ -84,6 +84,9 @@ type tracker struct {
 	// all: the events do not cover everything since the epoch began; the
 	// next checkpoint must visit every directory.
 	all bool
+	// released: the session is forgotten; a walk still under way adds no
+	// watch that nothing would remove.
+	released bool
 }
 
 func newWatcher() (*watcher, error) {
@@ -237,23 +240,22 @@ func (t *tracker) fail() {
 }
 
 // watch adds (or renews) the watch on the directory open at fd, whose
-// path in the workspace is rel. It reports whether the directory is
-// watched; when not, the tracker is failed.
-func (t *tracker) watch(fd int, rel string) bool {
+// path in the workspace is rel. When it cannot, the tracker is failed.
+func (t *tracker) watch(fd int, rel string) {
 	w := t.w
 	path := "/proc/self/fd/" + strconv.Itoa(fd)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done {
+	if w.done || t.released {
 		t.all = true
-		return false
+		return
 	}
 	// Held across the call, so that the reader cannot meet an event of
 	// a new watch before it is known.
 	wd, err := syscall.InotifyAddWatch(w.fd, path, watchMask)
 	if err != nil {
 		t.all = true
-		return false
+		return
 	}
 	id := int32(wd)
 	if old, ok := w.byWD[id]; ok && old.t != t {
@@ -264,7 +266,6 @@ func (t *tracker) watch(fd int, rel string) bool {
 	}
 	w.byWD[id] = watchRef{t: t, rel: rel}
 	t.wds[id] = struct{}{}
-	return true
 }
 
 // release removes the tracker's watches.
@@ -272,7 +273,7 @@ func (t *tracker) release() {
 	w := t.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	t.all = true
+	t.all, t.released = true, true
 	if w.done {
 		return
 	}

@@ -3,6 +3,7 @@
 package checkpoint
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -184,9 +185,22 @@ func TestForgetAndCloseRemoveWatches(t *testing.T) {
 	if n := watches(); n != 2*per {
 		t.Fatalf("%d watches, want %d", n, 2*per)
 	}
+	// A walk still under way when its session is forgotten adds nothing.
+	s.mu.Lock()
+	tr := s.sessions["a"].track
+	s.mu.Unlock()
 	s.Forget("a")
 	if n := watches(); n != per {
 		t.Fatalf("after Forget: %d watches, want %d", n, per)
+	}
+	fd, err := syscall.Open(filepath.Join(a, "m000"), syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.watch(fd, "m000")
+	syscall.Close(fd)
+	if n := watches(); n != per {
+		t.Fatalf("a forgotten session's walk added a watch: %d watches, want %d", n, per)
 	}
 	w := s.watcher
 	s.Close()
@@ -241,5 +255,33 @@ func TestTrackingReportsSkippedEntriesOfUnchangedDirectories(t *testing.T) {
 	}
 	if got := skipNames(c.Skipped); len(got) != 1 || !strings.HasPrefix(got[0], "m000/p00/pipe: ") {
 		t.Fatalf("skipped %v, want the FIFO in the unchanged directory", got)
+	}
+}
+
+// A session whose first checkpoint failed has watches but no stat cache;
+// Prune, which drops sessions it loaded only to read their indexes, keeps
+// it, so that Forget still removes its watches.
+func TestPruneKeepsWatchedSessions(t *testing.T) {
+	s, _ := openStore(t, Options{})
+	a, _ := benchWorkspace(t, 200)
+	ctx := &countdownCtx{Context: context.Background()}
+	ctx.n.Store(6)
+	if _, err := s.Checkpoint(ctx, a, Key{Session: "a"}); err == nil {
+		t.Fatal("the interrupted checkpoint succeeded")
+	}
+	watches := func() int {
+		s.watcher.mu.Lock()
+		defer s.watcher.mu.Unlock()
+		return len(s.watcher.byWD)
+	}
+	if watches() == 0 {
+		t.Fatal("the interrupted walk added no watch; the test needs one")
+	}
+	if _, err := s.Prune(context.Background(), Retention{}); err != nil {
+		t.Fatal(err)
+	}
+	s.Forget("a")
+	if n := watches(); n != 0 {
+		t.Fatalf("%d watches left after Prune and Forget, want 0", n)
 	}
 }
