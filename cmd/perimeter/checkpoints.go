@@ -44,8 +44,8 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 	}
 	if cfg.Checkpoints.FullScan {
 		log.Info("checkpoints stat every file of the workspace (checkpoints.full_scan)")
-	} else if ok, detail := checkpoint.ChangeTracking(); !ok {
-		log.Warn("checkpoints cannot track changes here and stat every file of the workspace", slog.String("reason", detail))
+	} else if err := s.ChangeTracking(); err != nil {
+		log.Warn("checkpoints cannot track changes here and stat every file of the workspace", slog.Any("reason", err))
 	}
 	rep, err := s.Prune(ctx, retention(cfg))
 	if err != nil {
@@ -159,7 +159,8 @@ func (t *checkpointsTarget) withStore(cmd *cobra.Command, fn func(s *checkpoint.
 	if err != nil {
 		return err
 	}
-	s, err := checkpoint.Open(checkpointDir(dir), checkpoint.Options{})
+	// Offline commands take no checkpoint: nothing to watch.
+	s, err := checkpoint.Open(checkpointDir(dir), checkpoint.Options{FullScan: true})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fmt.Errorf("a worker holds the checkpoint store in %s: restore through it with --admin-url, or stop it first", dir)
 	}

@@ -91,8 +91,8 @@ type Store struct {
 	mu       sync.Mutex // guards the fields below and those of each session
 	closed   bool
 	spares   spares
-	watcher  *watcher // change tracking; nil until first needed, or unavailable
-	watchErr error    // why change tracking is unavailable
+	watcher  *watcher // change tracking; nil when off or unavailable
+	watchErr error    // why there is no watcher
 	sessions map[string]*session
 	useTick  uint64 // LRU clock for session caches
 }
@@ -169,6 +169,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 	}
 	s.spares.dir = filepath.Join(dir, spareDir)
+	if opts.FullScan {
+		s.watchErr = errFullScan
+	} else {
+		s.watcher, s.watchErr = newWatcher()
+	}
 	return s, nil
 }
 
@@ -211,16 +216,17 @@ func (s *Store) Sessions() int {
 	return len(s.sessions)
 }
 
+// errFullScan: Options.FullScan turned change tracking off.
+var errFullScan = errors.New("change tracking is off (full scan)")
+
+// ChangeTracking returns nil when checkpoints track the changes to a
+// workspace, or why every checkpoint stats every file instead.
+func (s *Store) ChangeTracking() error { return s.watchErr }
+
 // trackerLocked returns the change tracker of a session's workspace at
 // root, or nil without tracking. s.mu is held, and so is the session's
 // run lock.
 func (s *Store) trackerLocked(ss *session, root string) *tracker {
-	if s.opts.FullScan {
-		return nil
-	}
-	if s.watcher == nil && s.watchErr == nil {
-		s.watcher, s.watchErr = newWatcher()
-	}
 	if s.watcher == nil {
 		return nil
 	}

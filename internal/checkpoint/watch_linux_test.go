@@ -4,6 +4,7 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -225,6 +226,17 @@ func TestTrackingNeverWatchesThroughSymlinks(t *testing.T) {
 	writeFile(t, filepath.Join(outside, "secret"), []byte("changed outside"), 0o600)
 	if again := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t2"}); again.Visited != 0 || again.ID != c.ID {
 		t.Fatalf("a change outside the workspace was tracked: visited %d, id %s, want 0, %s", again.Visited, again.ID, c.ID)
+	}
+}
+
+func TestStoreSaysWhetherItTracksChanges(t *testing.T) {
+	on, _ := openStore(t, Options{})
+	if err := on.ChangeTracking(); err != nil {
+		t.Fatalf("ChangeTracking() = %v with inotify available", err)
+	}
+	off, _ := openStore(t, Options{FullScan: true})
+	if err := off.ChangeTracking(); !errors.Is(err, errFullScan) {
+		t.Fatalf("ChangeTracking() = %v with FullScan, want %v", err, errFullScan)
 	}
 }
 
