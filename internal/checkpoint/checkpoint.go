@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -91,11 +92,15 @@ const maxDepth = 256
 // sharing the dirState of every directory that did not change.
 type snapCache struct {
 	root    string
-	id      hash
 	dirs    map[string]*dirState // by path relative to root; "" is the root
-	entries int                  // names listed in all dirs
 	skipped []Skip               // what the checkpoint left out, sorted by path
 }
+
+// id is the checkpoint's id: its root manifest's hash.
+func (c *snapCache) id() hash { return c.dirs[""].sum }
+
+// entries is how many names the cache holds, for its memory bound.
+func (c *snapCache) entries() int { return int(c.dirs[""].tot.listed) }
 
 // statKey is what the cache compares to decide that an entry is unchanged.
 type statKey struct {
@@ -140,14 +145,9 @@ func (c *counts) add(o *counts) {
 
 // snapResult is what a walk of a workspace produced.
 type snapResult struct {
-	cache    *snapCache
-	files    int
-	dirs     int
-	symlinks int
-	bytes    int64
-	hashed   int
-	visited  int
-	skipped  []Skip
+	cache   *snapCache
+	hashed  int // files read
+	visited int // directories listed or checked
 }
 
 // Checkpoint records the tree under root as the state before the tool call
@@ -196,7 +196,7 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpo
 		prev = nil
 	}
 
-	now := s.clock()
+	now := s.opts.Clock()
 	t := s.newTxn()
 	res, err := s.snapshot(ctx, root, prev, t, track)
 	if err == nil {
@@ -215,22 +215,23 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpo
 		return Checkpoint{}, err
 	}
 	s.spares.refill()
+	tot := res.cache.dirs[""].tot
 	c := Checkpoint{
-		ID:         res.cache.id.String(),
+		ID:         res.cache.id().String(),
 		Session:    key.Session,
 		ToolUseID:  key.ToolUseID,
 		Seq:        ix.nextSeq,
 		Time:       now,
-		Files:      res.files,
-		Dirs:       res.dirs,
-		Symlinks:   res.symlinks,
-		Bytes:      res.bytes,
+		Files:      int(tot.files),
+		Dirs:       int(tot.dirs),
+		Symlinks:   int(tot.links),
+		Bytes:      tot.bytes,
 		Hashed:     res.hashed,
 		Visited:    res.visited,
 		NewObjects: objs,
 		NewBytes:   newBytes,
-		Skipped:    res.skipped,
-		NumSkipped: len(res.skipped),
+		Skipped:    slices.Clone(res.cache.skipped),
+		NumSkipped: len(res.cache.skipped),
 	}
 	if err := s.appendRecord(ix, c); err != nil {
 		return Checkpoint{}, err

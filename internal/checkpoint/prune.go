@@ -56,7 +56,7 @@ func (s *Store) Prune(ctx context.Context, r Retention) (PruneReport, error) {
 	var rep PruneReport
 
 	// Select.
-	now := s.clock()
+	now := s.opts.Clock()
 	keep := make(map[*session][]Checkpoint, len(sessions))
 	for _, ss := range sessions {
 		k := ss.index.records
@@ -73,7 +73,7 @@ func (s *Store) Prune(ctx context.Context, r Retention) (PruneReport, error) {
 	var cached []hash
 	for _, ss := range s.sessions {
 		if ss.cache != nil {
-			cached = append(cached, ss.cache.id)
+			cached = append(cached, ss.cache.id())
 		}
 	}
 	s.mu.Unlock()

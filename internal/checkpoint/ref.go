@@ -65,7 +65,7 @@ func (s *Store) PushRef(ctx context.Context, r Remote, ref Ref) (Transfer, error
 		return tr, err
 	}
 	if ref.Time.IsZero() {
-		ref.Time = s.clock()
+		ref.Time = s.opts.Clock()
 	}
 	b, err := json.Marshal(refFile{V: refVersion, Name: text(ref.Name), ID: ref.ID, Saved: ref.Time.UTC(), SavedBy: text(ref.SavedBy)})
 	if err != nil {

@@ -114,7 +114,7 @@ func (s *Store) Pull(ctx context.Context, id string, r Remote, key Key) (Checkpo
 	if err != nil {
 		return Checkpoint{}, Transfer{}, err
 	}
-	now := s.clock()
+	now := s.opts.Clock()
 	p := &puller{s: s, r: r, txn: s.newTxn(), copier: newCopier(ctx, s.opts.Transfers)}
 	var st treeStats
 	err = p.run(func() error {

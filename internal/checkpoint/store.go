@@ -68,10 +68,9 @@ type Options struct {
 // Prune never deletes an object that a running checkpoint found already
 // present (and so did not write) or that a running restore is reading.
 type Store struct {
-	dir   string
-	opts  Options
-	lock  io.Closer
-	clock func() time.Time
+	dir  string
+	opts Options
+	lock io.Closer
 
 	// gcMu: shared by Checkpoint, Restore, Push and Pull, exclusive by
 	// Prune and Close; guards the set of objects on disk against deletion.
@@ -134,15 +133,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.CacheEntries <= 0 {
 		opts.CacheEntries = defaultCache
 	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
 	s := &Store{
 		dir:        dir,
 		opts:       opts,
-		clock:      opts.Clock,
 		racyWindow: defaultRacyWindow,
 		sessions:   make(map[string]*session),
-	}
-	if s.clock == nil {
-		s.clock = time.Now
 	}
 	for _, d := range []string{dir, filepath.Join(dir, objectsDir), filepath.Join(dir, sessionsDir)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -292,7 +290,7 @@ func (s *Store) setCache(ss *session, c *snapCache) {
 	total := 0
 	for _, o := range s.sessions {
 		if o.cache != nil {
-			total += o.cache.entries
+			total += o.cache.entries()
 		}
 	}
 	for total > s.opts.CacheEntries {
@@ -305,7 +303,7 @@ func (s *Store) setCache(ss *session, c *snapCache) {
 		if oldest == nil {
 			return
 		}
-		total -= oldest.cache.entries
+		total -= oldest.cache.entries()
 		oldest.cache = nil
 	}
 }

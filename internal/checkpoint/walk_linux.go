@@ -137,14 +137,9 @@ func (s *Store) walk(ctx context.Context, root string, prev *snapCache, t *txn, 
 	}
 	slices.SortFunc(w.skipped, func(a, b Skip) int { return strings.Compare(a.Path, b.Path) })
 	return snapResult{
-		cache:    &snapCache{root: root, id: d.sum, dirs: w.dirs, entries: int(d.tot.listed), skipped: slices.Clone(w.skipped)},
-		files:    int(d.tot.files),
-		dirs:     int(d.tot.dirs),
-		symlinks: int(d.tot.links),
-		bytes:    d.tot.bytes,
-		hashed:   int(w.hashed.Load()),
-		visited:  int(w.visited.Load()),
-		skipped:  w.skipped,
+		cache:   &snapCache{root: root, dirs: w.dirs, skipped: w.skipped},
+		hashed:  int(w.hashed.Load()),
+		visited: int(w.visited.Load()),
 	}, nil
 }
 
