@@ -118,13 +118,16 @@ func ReadRef(ctx context.Context, r Remote, name string) (ref Ref, ok bool, err 
 }
 
 // PullRef reads the reference name from r and pulls the checkpoint it
-// names, recording it as a checkpoint of key (see Pull). ok is false, and
-// nothing is pulled, if there is no such reference. ReadRef and Pull do
-// the same in two steps, for a caller that wants to see the Ref.
+// names, recording it as a checkpoint of key (see Pull); an empty
+// key.ToolUseID takes the reference's SavedBy. ok is false, and nothing is
+// pulled, if there is no such reference.
 func (s *Store) PullRef(ctx context.Context, r Remote, name string, key Key) (c Checkpoint, tr Transfer, ok bool, err error) {
 	ref, ok, err := ReadRef(ctx, r, name)
 	if err != nil || !ok {
 		return Checkpoint{}, Transfer{}, ok, err
+	}
+	if key.ToolUseID == "" {
+		key.ToolUseID = ref.SavedBy
 	}
 	c, tr, err = s.Pull(ctx, ref.ID, r, key)
 	if errors.Is(err, ErrNotFound) {

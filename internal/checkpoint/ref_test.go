@@ -70,6 +70,12 @@ func TestRefs(t *testing.T) {
 			mustRestore(t, dst, fresh, c.ID)
 			assertTree(t, fresh, tc.want, "pulled ref "+tc.name)
 		}
+		// Without a tool-use id of its own, the pulled checkpoint is named
+		// for the session that saved it.
+		dst, _ := openStore(t, Options{NoSync: true})
+		if c, _, _, err := dst.PullRef(context.Background(), remote, name, Key{Session: "s2"}); err != nil || c.ToolUseID != "worker w2, session b" {
+			t.Errorf("PullRef without a tool-use id: %q, %v; want the ref's SavedBy", c.ToolUseID, err)
+		}
 	})
 
 	t.Run("written only after its checkpoint", func(t *testing.T) {

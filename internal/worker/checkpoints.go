@@ -134,7 +134,9 @@ func persistedName(key string) string { return "persist:" + key }
 
 // loadPersisted starts a fresh session from the workspace last saved under
 // its persistence key, if any: the one the remote store names, or else
-// the latest this worker saved.
+// the latest this worker saved. When a saved workspace exists but cannot
+// be loaded, the session starts empty and persistLost is set, so that its
+// end does not save over the one that failed to load.
 func (s *session) loadPersisted(ctx context.Context) {
 	key := s.metadata[s.w.opts.PersistKey]
 	if key == "" {
@@ -145,7 +147,16 @@ func (s *session) loadPersisted(ctx context.Context) {
 	}
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.load")
 	defer span.End()
-	last, ok := s.pullPersisted(ctx, key)
+	fail := func(msg string, err error) {
+		span.SetStatus(codes.Error, err.Error())
+		s.log.Error(msg+"; starting empty, and this session's workspace will not be saved over it", slog.Any("error", err))
+		s.persistLost = true
+	}
+	last, ok, err := s.pullPersisted(ctx, key)
+	if err != nil {
+		fail("could not fetch the saved workspace from the object store", err)
+		return
+	}
 	if !ok {
 		list, err := s.w.opts.Checkpoints.List(persistedName(key))
 		if err != nil || len(list) == 0 {
@@ -157,8 +168,7 @@ func (s *session) loadPersisted(ctx context.Context) {
 	span.SetAttributes(attribute.String("perimeter.checkpoint.id", last.ID))
 	rep, err := s.w.opts.Checkpoints.Restore(ctx, s.workspace, last.ID)
 	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
-		s.log.Error("could not load the saved workspace; starting empty", slog.Any("error", err))
+		fail("could not load the saved workspace", err)
 		return
 	}
 	s.audit(ctx, "", audit.Restore{CheckpointID: last.ID, By: "worker", Reason: "workspace persisted by an earlier session (" + last.ToolUseID + ")"}, nil)
@@ -166,32 +176,24 @@ func (s *session) loadPersisted(ctx context.Context) {
 }
 
 // pullPersisted fetches the workspace the remote store names for key into
-// the local store. ok is false when there is no remote, it names none, or
-// it cannot be read (logged): the worker's own saves are used instead.
-func (s *session) pullPersisted(ctx context.Context, key string) (checkpoint.Checkpoint, bool) {
+// the local store. ok is false when there is no remote or it names none.
+func (s *session) pullPersisted(ctx context.Context, key string) (checkpoint.Checkpoint, bool, error) {
 	remote := s.w.opts.PersistRemote
 	if remote == nil {
-		return checkpoint.Checkpoint{}, false
+		return checkpoint.Checkpoint{}, false, nil
 	}
 	ctx, span := s.w.tracer.Start(ctx, "perimeter.workspace.pull")
 	defer span.End()
-	ref, ok, err := checkpoint.ReadRef(ctx, remote, key)
-	if err == nil && !ok {
-		return checkpoint.Checkpoint{}, false
-	}
-	var cp checkpoint.Checkpoint
-	var tr checkpoint.Transfer
-	if err == nil {
-		cp, tr, err = s.w.opts.Checkpoints.Pull(ctx, ref.ID, remote, checkpoint.Key{Session: persistedName(key), ToolUseID: ref.SavedBy})
-	}
+	cp, tr, ok, err := s.w.opts.Checkpoints.PullRef(ctx, remote, key, checkpoint.Key{Session: persistedName(key)})
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
-		s.log.Error("could not fetch the saved workspace from the object store; using this worker's own", slog.Any("error", err))
-		return checkpoint.Checkpoint{}, false
+		return cp, false, err
 	}
-	span.SetAttributes(attribute.String("perimeter.checkpoint.id", cp.ID), attribute.Int("perimeter.transfer.objects", tr.Copied), attribute.Int64("perimeter.transfer.bytes", tr.CopiedBytes))
-	s.log.Info("fetched the saved workspace from the object store", slog.String("checkpoint", cp.ID), slog.Int("objects", tr.Copied), slog.Int64("bytes", tr.CopiedBytes))
-	return cp, true
+	if ok {
+		span.SetAttributes(attribute.String("perimeter.checkpoint.id", cp.ID), attribute.Int("perimeter.transfer.objects", tr.Copied), attribute.Int64("perimeter.transfer.bytes", tr.CopiedBytes))
+		s.log.Info("fetched the saved workspace from the object store", slog.String("checkpoint", cp.ID), slog.Int("objects", tr.Copied), slog.Int64("bytes", tr.CopiedBytes))
+	}
+	return cp, ok, nil
 }
 
 // savePersisted saves the session's workspace under its persistence key,
@@ -202,6 +204,10 @@ func (s *session) savePersisted(ctx context.Context) {
 	}
 	key := s.metadata[s.w.opts.PersistKey]
 	if key == "" {
+		return
+	}
+	if s.persistLost {
+		s.log.Warn("not saving the workspace: the one saved under its persistence key could not be loaded, and stays as it was", slog.String("persist_key", s.w.opts.PersistKey))
 		return
 	}
 	ctx = context.WithoutCancel(ctx)

@@ -151,9 +151,16 @@ func (rw *runningWorker) stop(t *testing.T) error {
 
 func (h *harness) newSession(agent string) string {
 	h.t.Helper()
+	return h.newSessionWith(agent, nil)
+}
+
+// newSessionWith creates a session of agent_<agent> with metadata.
+func (h *harness) newSessionWith(agent string, metadata map[string]string) string {
+	h.t.Helper()
 	s, err := h.client.Beta.Sessions.New(context.Background(), anthropic.BetaSessionNewParams{
 		Agent:         anthropic.BetaSessionNewParamsAgentUnion{OfString: anthropic.String("agent_" + agent)},
 		EnvironmentID: controlplane.DefaultEnvironmentID,
+		Metadata:      metadata,
 	})
 	if err != nil {
 		h.t.Fatalf("create session: %v", err)

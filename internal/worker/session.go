@@ -51,6 +51,9 @@ type session struct {
 	// workspace is the host directory of the session's files, set before
 	// any call runs.
 	workspace string
+	// persistLost: a workspace saved under the session's persistence key
+	// could not be loaded (see loadPersisted).
+	persistLost bool
 	// calls counts the calls that passed the gate.
 	calls atomic.Int64
 	// attrs are the span attributes taken from the session's metadata
