@@ -195,10 +195,21 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpo
 	if prev != nil && prev.root != root {
 		prev = nil
 	}
+	// The tracker's events date from this session's previous checkpoint,
+	// so they say what changed since prev only if prev is that one. A
+	// session without one (its first checkpoint here, as when a workspace
+	// is saved under its persistence key) borrows another session's stat
+	// cache of the same root, which spares reading unchanged files.
+	tracked := prev != nil
+	if prev == nil {
+		s.mu.Lock()
+		prev = s.freshestCacheLocked(root)
+		s.mu.Unlock()
+	}
 
 	now := s.opts.Clock()
 	t := s.newTxn()
-	res, err := s.snapshot(ctx, root, prev, t, track)
+	res, err := s.snapshot(ctx, root, prev, tracked, t, track)
 	if err == nil {
 		err = ctx.Err()
 	}
@@ -259,6 +270,19 @@ func (s *Store) appendRecord(ix *sessionIndex, c Checkpoint) error {
 	return nil
 }
 
+// freshestCacheLocked returns the most recently used stat cache of root,
+// whatever session it belongs to, or nil. s.mu is held.
+func (s *Store) freshestCacheLocked(root string) *snapCache {
+	var cache *snapCache
+	var lastUse uint64
+	for _, ss := range s.sessions {
+		if ss.cache != nil && ss.cache.root == root && ss.lastUse >= lastUse {
+			cache, lastUse = ss.cache, ss.lastUse
+		}
+	}
+	return cache
+}
+
 // RestoreReport says what Restore changed.
 type RestoreReport struct {
 	Written int // files and symlinks written
@@ -294,13 +318,7 @@ func (s *Store) Restore(ctx context.Context, root string, id string) (RestoreRep
 	closed := s.closed
 	// A stat cache of the same root lets Restore know that a file already
 	// holds the recorded content without reading it.
-	var cache *snapCache
-	var lastUse uint64
-	for _, ss := range s.sessions {
-		if ss.cache != nil && ss.cache.root == root && ss.lastUse >= lastUse {
-			cache, lastUse = ss.cache, ss.lastUse
-		}
-	}
+	cache := s.freshestCacheLocked(root)
 	s.mu.Unlock()
 	if closed {
 		return RestoreReport{}, ErrClosed

@@ -848,3 +848,28 @@ func TestStatCachesStayWithinBudget(t *testing.T) {
 		t.Fatalf("files hashed by sessions 2, 1, 0: %v, want %v", hashed, want)
 	}
 }
+
+// A session's first checkpoint of a workspace another session has
+// checkpointed (as when a workspace is saved under its persistence key)
+// reads only what changed since, like that session's next one would.
+func TestAFirstCheckpointBorrowsTheStatCacheOfItsRoot(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("full scan=%v", full), func(t *testing.T) {
+			s, _ := openStore(t, Options{FullScan: full})
+			pause := fastStore(s)
+			ws, paths := benchWorkspace(t, 300)
+			time.Sleep(pause)
+			mustCheckpoint(t, s, ws, Key{Session: "live", ToolUseID: "t0"})
+			writeFile(t, paths[7], []byte("changed"), 0o644)
+			time.Sleep(pause)
+			want := describe(t, ws)
+			c := mustCheckpoint(t, s, ws, Key{Session: "persist:p", ToolUseID: "save"})
+			if c.Hashed != 1 {
+				t.Fatalf("hashed %d files, want the 1 that changed", c.Hashed)
+			}
+			fresh := filepath.Join(t.TempDir(), "r")
+			mustRestore(t, s, fresh, c.ID)
+			assertTree(t, fresh, want, "the borrowing checkpoint")
+		})
+	}
+}

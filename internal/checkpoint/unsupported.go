@@ -21,7 +21,7 @@ func (*watcher) track(string) *tracker { return nil }
 func (*tracker) release()              {}
 func (*tracker) fail()                 {}
 
-func (s *Store) snapshot(context.Context, string, *snapCache, *txn, *tracker) (snapResult, error) {
+func (s *Store) snapshot(context.Context, string, *snapCache, bool, *txn, *tracker) (snapResult, error) {
 	return snapResult{}, ErrUnsupported
 }
 

@@ -76,13 +76,14 @@ func (w *walker) isRacy(k statKey) bool {
 }
 
 // snapshot records the tree under root. With a tracker whose events
-// cover everything since prev, only the directories that changed are
+// cover everything since prev (tracked: prev is the checkpoint the
+// tracker's epoch began with), only the directories that changed are
 // visited; a workspace with hard-linked files is visited whole.
-func (s *Store) snapshot(ctx context.Context, root string, prev *snapCache, t *txn, track *tracker) (snapResult, error) {
+func (s *Store) snapshot(ctx context.Context, root string, prev *snapCache, tracked bool, t *txn, track *tracker) (snapResult, error) {
 	var visit map[string]bool
 	if track != nil {
 		v, ok := track.begin()
-		if ok && prev != nil && prev.dirs[""] != nil && prev.dirs[""].tot.multi == 0 {
+		if ok && tracked && prev.dirs[""].tot.multi == 0 {
 			visit = v
 		}
 	}
