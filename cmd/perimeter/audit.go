@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -13,10 +14,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/config"
 )
 
-// auditDir is where a worker with this state directory keeps its audit log.
-func auditDir(stateDir string) string { return filepath.Join(stateDir, "audit") }
+// auditDir is where a worker with this config keeps its audit log.
+func auditDir(cfg *config.Config) string {
+	return cmp.Or(cfg.Audit.Dir, filepath.Join(cfg.Worker.StateDir, "audit"))
+}
 
 // auditFlags are the flags every `perimeter audit` subcommand shares.
 type auditFlags struct {
@@ -31,8 +35,11 @@ func (f *auditFlags) resolve(cmd *cobra.Command) (string, error) {
 	if f.dir != "" {
 		return f.dir, nil
 	}
-	dir, err := resolveStateDir(cmd, f.stateDir)
-	return auditDir(dir), err
+	cfg, err := resolveConfig(cmd, f.stateDir)
+	if err != nil {
+		return "", err
+	}
+	return auditDir(cfg), nil
 }
 
 func newAuditCmd() *cobra.Command {

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
-	"github.com/spf13/cobra"
 	"log/slog"
+
+	"github.com/spf13/cobra"
 
 	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/config"
@@ -24,7 +24,7 @@ func openAuditLog(cfg *config.Config, log *slog.Logger) (*audit.Writer, error) {
 		return nil, err
 	}
 	opts := audit.Options{SyncInterval: sync, MaxFileBytes: int64(cfg.Audit.MaxFile), KeepPayload: cfg.Audit.KeepPayload}
-	w, dir, err := openOwn(cmp.Or(cfg.Audit.Dir, auditDir(cfg.Worker.StateDir)), cfg.Worker.ID, "audit log", log,
+	w, dir, err := openOwn(auditDir(cfg), cfg.Worker.ID, "audit log", log,
 		audit.ErrLocked, func(dir string) (*audit.Writer, error) { return audit.Open(dir, opts) })
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
@@ -49,18 +49,18 @@ func openOwn[T any](dir, workerID, what string, log *slog.Logger, locked error, 
 	return v, dir, err
 }
 
-// resolveStateDir is the state directory `perimeter worker` would use:
-// flag (--state-dir), else the config file's worker.state_dir, else
-// ./perimeter-state.
-func resolveStateDir(cmd *cobra.Command, flag string) (string, error) {
+// resolveConfig is the config `perimeter worker` would run with, as far
+// as where it keeps things goes: the config file, with flag (--state-dir)
+// over its worker.state_dir (default ./perimeter-state).
+func resolveConfig(cmd *cobra.Command, flag string) (*config.Config, error) {
 	g := &globals{}
 	if fl := cmd.Flag("config"); fl != nil {
 		g.configPath = fl.Value.String()
 	}
 	cfg, err := g.load()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	(&workerFlags{stateDir: flag}).apply(cfg)
-	return cfg.Worker.StateDir, nil
+	return cfg, nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -12,20 +11,22 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/perimeterhq/perimeter/internal/approval"
+	"github.com/perimeterhq/perimeter/internal/adminapi"
 	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/s3"
 	"github.com/perimeterhq/perimeter/internal/worker"
 )
 
-func checkpointDir(stateDir string) string { return filepath.Join(stateDir, "checkpoints") }
+// checkpointDir is where a worker with this config keeps its checkpoints.
+func checkpointDir(cfg *config.Config) string {
+	return cmp.Or(cfg.Checkpoints.Dir, filepath.Join(cfg.Worker.StateDir, "checkpoints"))
+}
 
 // openCheckpoints opens the worker's checkpoint store and prunes it by the
 // configured retention. A second worker on the same state directory gets
@@ -35,7 +36,7 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 		log.Warn("workspace checkpoints are disabled (checkpoints.disabled)")
 		return nil, nil
 	}
-	s, dir, err := openOwn(cmp.Or(cfg.Checkpoints.Dir, checkpointDir(cfg.Worker.StateDir)), cfg.Worker.ID, "checkpoint store", log,
+	s, dir, err := openOwn(checkpointDir(cfg), cfg.Worker.ID, "checkpoint store", log,
 		checkpoint.ErrLocked, func(dir string) (*checkpoint.Store, error) {
 			return checkpoint.Open(dir, checkpoint.Options{FullScan: cfg.Checkpoints.FullScan})
 		})
@@ -108,38 +109,36 @@ func checkpointsAPI(w *worker.Worker, store *checkpoint.Store, token string) htt
 	mux.HandleFunc("GET /v1/checkpoints", func(rw http.ResponseWriter, r *http.Request) {
 		list, err := store.List(r.URL.Query().Get("session"))
 		if err != nil {
-			http.Error(rw, err.Error(), http.StatusNotFound)
+			adminapi.Error(rw, http.StatusNotFound, "not_found_error", err.Error())
 			return
 		}
-		writeJSONTo(rw, map[string]any{"data": list})
+		adminapi.JSON(rw, map[string]any{"data": list})
 	})
 	mux.HandleFunc("POST /v1/checkpoints/restore", func(rw http.ResponseWriter, r *http.Request) {
 		var req restoreRequest
 		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil || req.Session == "" || (req.Before == "") == (req.Checkpoint == "") || req.By == "" {
-			http.Error(rw, `body: {"session": ID, "before": TOOL_USE_ID or "checkpoint": ID, "by": WHO}`, http.StatusBadRequest)
+			adminapi.Error(rw, http.StatusBadRequest, "invalid_request_error", `body: {"session": ID, "before": TOOL_USE_ID or "checkpoint": ID, "by": WHO}`)
 			return
 		}
 		cp, rep, err := w.RestoreCheckpoint(r.Context(), req.Session, req.Before, req.Checkpoint, "human:"+req.By)
-		if err != nil {
-			http.Error(rw, err.Error(), http.StatusConflict)
-			return
+		switch {
+		case errors.Is(err, checkpoint.ErrNotFound):
+			adminapi.Error(rw, http.StatusNotFound, "not_found_error", err.Error())
+		case err != nil:
+			adminapi.Error(rw, http.StatusConflict, "conflict_error", err.Error())
+		default:
+			adminapi.JSON(rw, restoreResponse{Checkpoint: cp, Report: rep})
 		}
-		writeJSONTo(rw, restoreResponse{Checkpoint: cp, Report: rep})
 	})
-	return approval.RequireToken(token, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+	return adminapi.RequireToken(token, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if store == nil {
-			http.Error(rw, "this worker takes no checkpoints", http.StatusNotFound)
+			adminapi.Error(rw, http.StatusNotFound, "not_found_error", "this worker takes no checkpoints")
 			return
 		}
 		mux.ServeHTTP(rw, r)
 	}))
-}
-
-func writeJSONTo(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // checkpointsTarget is what every `perimeter checkpoints` subcommand works
@@ -155,12 +154,13 @@ func (t *checkpointsTarget) withStore(cmd *cobra.Command, fn func(s *checkpoint.
 	if t.session == "" {
 		return errors.New("--session is required")
 	}
-	dir, err := resolveStateDir(cmd, t.stateDir)
+	cfg, err := resolveConfig(cmd, t.stateDir)
 	if err != nil {
 		return err
 	}
 	// Offline commands take no checkpoint: nothing to watch.
-	s, err := checkpoint.Open(checkpointDir(dir), checkpoint.Options{FullScan: true})
+	dir := checkpointDir(cfg)
+	s, err := checkpoint.Open(dir, checkpoint.Options{FullScan: true})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fmt.Errorf("a worker holds the checkpoint store in %s: restore through it with --admin-url, or stop it first", dir)
 	}
@@ -168,7 +168,7 @@ func (t *checkpointsTarget) withStore(cmd *cobra.Command, fn func(s *checkpoint.
 		return err
 	}
 	defer s.Close()
-	return fn(s, dir)
+	return fn(s, cfg.Worker.StateDir)
 }
 
 func newCheckpointsCmd() *cobra.Command {
@@ -285,29 +285,13 @@ func restoreLive(cmd *cobra.Command, url, tokenFile string, req restoreRequest, 
 	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, strings.TrimSuffix(url, "/")+"/v1/checkpoints/restore", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	hreq.Header.Set("Authorization", "Bearer "+token)
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(hreq)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("restore: %s: %s", resp.Status, strings.TrimSpace(string(out)))
+	api := adminapi.Client{Name: "checkpoints API", BaseURL: url, Token: token}
+	var r restoreResponse
+	if err := api.Do(cmd.Context(), http.MethodPost, "/v1/checkpoints/restore", req, &r); err != nil {
+		return fmt.Errorf("restore: %w", err)
 	}
 	if asJSON {
-		_, err := cmd.OutOrStdout().Write(out)
-		return err
-	}
-	var r restoreResponse
-	if err := json.Unmarshal(out, &r); err != nil {
-		return err
+		return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "restored %s to before %s: %d written, %d removed, %d unchanged\n", req.Session, req.Before, r.Report.Written, r.Report.Removed, r.Report.Kept)
 	return nil

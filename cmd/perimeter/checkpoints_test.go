@@ -1,16 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
+	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/s3"
 )
@@ -66,5 +70,47 @@ func TestOpenRemoteChecksTheBucket(t *testing.T) {
 	}
 	if r, err := openRemote(ctx, cfg("missing", ""), log); err != nil || r != nil {
 		t.Fatalf("no persist_key: %v, %v; want no store and no error", r, err)
+	}
+}
+
+// `perimeter checkpoints` and `perimeter audit` look where the worker
+// keeps things: checkpoints.dir and audit.dir when the config sets them.
+func TestOfflineCommandsUseTheConfiguredDirectories(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "perimeter.yaml")
+	cpDir, auditDirPath := filepath.Join(dir, "elsewhere", "checkpoints"), filepath.Join(dir, "elsewhere", "audit")
+	if err := os.WriteFile(cfgPath, []byte("version: 1\nworker:\n  state_dir: "+filepath.Join(dir, "state")+
+		"\ncheckpoints:\n  dir: "+cpDir+"\naudit:\n  dir: "+auditDirPath+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	store, err := checkpoint.Open(cpDir, checkpoint.Options{NoSync: true, FullScan: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := t.TempDir()
+	os.WriteFile(filepath.Join(ws, "f"), []byte("x"), 0o600)
+	cp, err := store.Checkpoint(context.Background(), ws, checkpoint.Key{Session: "sesn_1", ToolUseID: "toolu_1"})
+	store.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var out bytes.Buffer
+	root := newRootCmd()
+	root.SetOut(&out)
+	root.SetArgs([]string{"--config", cfgPath, "checkpoints", "list", "--session", "sesn_1", "--json"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), cp.ID) {
+		t.Errorf("checkpoints list did not read %s: %s", cpDir, out.String())
+	}
+
+	cfg, err := resolveConfig(root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := auditDir(cfg); got != auditDirPath {
+		t.Errorf("audit directory %s, want %s", got, auditDirPath)
 	}
 }

@@ -161,10 +161,11 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 			return fmt.Errorf("admin listener: %w (set --admin-listen to a free address, or off)", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/v1/approvals", approval.Handler(gate, token))
-		mux.Handle("/v1/approvals/", approval.Handler(gate, token))
-		mux.Handle("/v1/checkpoints", checkpointsAPI(w, w.Checkpoints(), token))
-		mux.Handle("/v1/checkpoints/", checkpointsAPI(w, w.Checkpoints(), token))
+		approvals, checkpoints := approval.Handler(gate, token), checkpointsAPI(w, w.Checkpoints(), token)
+		mux.Handle("/v1/approvals", approvals)
+		mux.Handle("/v1/approvals/", approvals)
+		mux.Handle("/v1/checkpoints", checkpoints)
+		mux.Handle("/v1/checkpoints/", checkpoints)
 		mux.Handle("/", w.AdminHandler())
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {

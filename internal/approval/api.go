@@ -1,9 +1,7 @@
 package approval
 
 import (
-	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +9,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
+
+	"github.com/perimeterhq/perimeter/internal/adminapi"
 )
 
 // Decision is a human's answer to a request, as the API takes it.
@@ -48,15 +47,15 @@ func Handler(d Decider, token string) http.Handler {
 		switch state {
 		case "", Pending, Allowed, Denied:
 		default:
-			apiError(w, http.StatusBadRequest, "invalid_request_error", fmt.Sprintf("state must be pending, allowed or denied, not %q", state))
+			adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", fmt.Sprintf("state must be pending, allowed or denied, not %q", state))
 			return
 		}
 		recs, err := d.Store().List(r.Context(), state)
 		if err != nil {
-			apiError(w, http.StatusInternalServerError, "api_error", err.Error())
+			adminapi.Error(w, http.StatusInternalServerError, "api_error", err.Error())
 			return
 		}
-		writeJSON(w, map[string]any{"data": nonNil(recs)})
+		adminapi.JSON(w, map[string]any{"data": nonNil(recs)})
 	})
 	mux.HandleFunc("GET /v1/approvals/{id}", func(w http.ResponseWriter, r *http.Request) {
 		rec, err := d.Store().Get(r.Context(), r.PathValue("id"))
@@ -64,7 +63,7 @@ func Handler(d Decider, token string) http.Handler {
 			decisionError(w, err)
 			return
 		}
-		writeJSON(w, rec)
+		adminapi.JSON(w, rec)
 	})
 	decide := func(allow bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -72,11 +71,11 @@ func Handler(d Decider, token string) http.Handler {
 			dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&body); err != nil {
-				apiError(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
+				adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
 				return
 			}
 			if strings.TrimSpace(body.By) == "" {
-				apiError(w, http.StatusBadRequest, "invalid_request_error", `"by" (who decides) is required`)
+				adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", `"by" (who decides) is required`)
 				return
 			}
 			rec, err := d.Decide(r.Context(), r.PathValue("id"), allow, "human:"+body.By, body.Reason, body.Input)
@@ -84,50 +83,25 @@ func Handler(d Decider, token string) http.Handler {
 				decisionError(w, err)
 				return
 			}
-			writeJSON(w, rec)
+			adminapi.JSON(w, rec)
 		}
 	}
 	mux.HandleFunc("POST /v1/approvals/{id}/approve", decide(true))
 	mux.HandleFunc("POST /v1/approvals/{id}/deny", decide(false))
-	return RequireToken(token, mux)
-}
-
-// RequireToken serves h only to requests carrying "Authorization: Bearer
-// <token>" (compared in constant time); an empty token admits nobody. It
-// guards every API on a worker's admin listener.
-func RequireToken(token string, h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			apiError(w, http.StatusUnauthorized, "authentication_error", "missing or wrong admin token (Authorization: Bearer …)")
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
+	return adminapi.RequireToken(token, mux)
 }
 
 func decisionError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrNotFound):
-		apiError(w, http.StatusNotFound, "not_found_error", err.Error())
+		adminapi.Error(w, http.StatusNotFound, "not_found_error", err.Error())
 	case errors.Is(err, ErrNotPending):
-		apiError(w, http.StatusConflict, "conflict_error", err.Error())
+		adminapi.Error(w, http.StatusConflict, "conflict_error", err.Error())
 	case strings.Contains(err.Error(), "decide ") || strings.Contains(err.Error(), "read approvals"):
-		apiError(w, http.StatusInternalServerError, "api_error", err.Error())
+		adminapi.Error(w, http.StatusInternalServerError, "api_error", err.Error())
 	default:
-		apiError(w, http.StatusBadRequest, "invalid_request_error", err.Error())
+		adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", err.Error())
 	}
-}
-
-func apiError(w http.ResponseWriter, status int, typ, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"type": typ, "message": msg}})
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 func nonNil(r []Record) []Record {
@@ -173,38 +147,6 @@ func (c *Client) Decide(ctx context.Context, id string, allow bool, d Decision) 
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	req.Header.Set("Content-Type", "application/json")
-	hc := c.HTTP
-	if hc == nil {
-		hc = &http.Client{Timeout: 30 * time.Second}
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("approvals API at %s: %w", c.BaseURL, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error struct{ Message string } `json:"error"`
-		}
-		if json.Unmarshal(data, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("approvals API: %s (HTTP %d)", e.Error.Message, resp.StatusCode)
-		}
-		return fmt.Errorf("approvals API: HTTP %d", resp.StatusCode)
-	}
-	return json.Unmarshal(data, out)
+	api := adminapi.Client{Name: "approvals API", BaseURL: c.BaseURL, Token: c.Token, HTTP: c.HTTP}
+	return api.Do(ctx, method, path, body, out)
 }
