@@ -52,6 +52,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/perimeterhq/perimeter/bench/internal/stats"
 	"github.com/perimeterhq/perimeter/internal/checkpoint"
 )
 
@@ -255,14 +256,14 @@ func bench(scratch string, n, runs, changes int, noSync bool, gitBin string) (re
 			if err != nil {
 				return err
 			}
-			cpu0 := processCPU()
+			cpu0 := stats.CPU(syscall.RUSAGE_SELF)
 			start := time.Now()
 			c, err := store.Checkpoint(ctx, ws, key(run))
 			if err != nil {
 				return err
 			}
 			r.ckpt = append(r.ckpt, time.Since(start))
-			r.ckptCPU = append(r.ckptCPU, processCPU()-cpu0)
+			r.ckptCPU = append(r.ckptCPU, stats.CPU(syscall.RUSAGE_SELF)-cpu0)
 			r.hashed = append(r.hashed, c.Hashed)
 			after, err := dirSize(storeDir)
 			r.growth = append(r.growth, after-before)
@@ -304,13 +305,6 @@ func bench(scratch string, n, runs, changes int, noSync bool, gitBin string) (re
 	return r, os.RemoveAll(base)
 }
 
-// processCPU is the user and system time this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // cpuPressure is the share of the last minute in which some runnable task
 // waited for a CPU (/proc/pressure/cpu), a measure of the machine's load.
 func cpuPressure() string {
@@ -345,12 +339,6 @@ func dirSize(dir string) (int64, error) {
 	return total, err
 }
 
-func median[T int | int64 | time.Duration](xs []T) T {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e6) }
 
 func report(rs []result, runs, changes int, noSync bool, gitBin string) string {
@@ -371,11 +359,11 @@ func report(rs []result, runs, changes int, noSync bool, gitBin string) string {
 	b.WriteString("| files | perimeter ms | git ms | ratio (git/perimeter) | perimeter CPU ms | git CPU ms | lstat-all floor ms | files hashed | store growth B/checkpoint | bytes changed | growth/changed | git growth B/commit |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rs {
-		p, g := median(r.ckpt), median(r.git)
-		gr, ch := median(r.growth), median(r.changed)
+		p, g := stats.Median(r.ckpt), stats.Median(r.git)
+		gr, ch := stats.Median(r.growth), stats.Median(r.changed)
 		fmt.Fprintf(&b, "| %d | %s | %s | %.1fx | %s | %s | %s | %d | %d | %d | %.2f | %d |\n",
-			r.files, ms(p), ms(g), float64(g)/float64(p), ms(median(r.ckptCPU)), ms(median(r.gitCPU)), ms(r.floor),
-			median(r.hashed), gr, ch, float64(gr)/float64(ch), median(r.gitGrowth))
+			r.files, ms(p), ms(g), float64(g)/float64(p), ms(stats.Median(r.ckptCPU)), ms(stats.Median(r.gitCPU)), ms(r.floor),
+			stats.Median(r.hashed), gr, ch, float64(gr)/float64(ch), stats.Median(r.gitGrowth))
 	}
 	b.WriteString("\nFirst checkpoint (every file read and stored) and totals:\n\n")
 	b.WriteString("| files | workspace bytes | perimeter first ms | git first ms | store bytes at end | git bytes at end |\n")

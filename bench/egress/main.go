@@ -52,6 +52,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/perimeterhq/perimeter/bench/internal/stats"
 	"github.com/perimeterhq/perimeter/internal/egress"
 )
 
@@ -240,18 +241,12 @@ func run(requests, size, rounds int) (string, error) {
 		}
 		for _, i := range order {
 			fmt.Fprintf(os.Stderr, "download round %d: %s\n", r+1, dl[i].name)
-			c0, err := cpuTime()
-			if err != nil {
-				return "", err
-			}
+			c0 := stats.CPU(syscall.RUSAGE_SELF)
 			d, err := get(dl[i], "https", bigPort, payload)
 			if err != nil {
 				return "", fmt.Errorf("%s: %w", dl[i].name, err)
 			}
-			c1, err := cpuTime()
-			if err != nil {
-				return "", err
-			}
+			c1 := stats.CPU(syscall.RUSAGE_SELF)
 			rates[i] = append(rates[i], float64(size)/d.Seconds())
 			cpus[i] = append(cpus[i], float64(c1-c0)/float64(time.Millisecond)/(float64(size)/(1<<20)))
 		}
@@ -327,15 +322,6 @@ func (p *proxy) client(roots *x509.CertPool) *http.Client {
 	}}
 }
 
-// cpuTime is the CPU time this process has used, user and system.
-func cpuTime() (time.Duration, error) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, fmt.Errorf("getrusage: %w", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
-}
-
 func port(l net.Listener) int { return l.Addr().(*net.TCPAddr).Port }
 
 // upstreamPKI makes a CA and a certificate for the download server.
@@ -385,15 +371,6 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond)) }
 
 func report(requests, size, rounds int, lat []*contender, samples [][]time.Duration, dl []*contender, rates, cpus [][]float64) string {
@@ -423,9 +400,9 @@ func report(requests, size, rounds int, lat []*contender, samples [][]time.Durat
 
 	fmt.Fprintf(&b, "\n### Download of %d MiB over HTTPS (median of %d rounds)\n\n", size>>20, rounds)
 	b.WriteString("| | Throughput | Each round | vs direct | Target | | CPU per MiB |\n| --- | ---: | --- | ---: | --- | --- | ---: |\n")
-	base := median(rates[0])
+	base := stats.Median(rates[0])
 	for i, c := range dl {
-		m := median(rates[i])
+		m := stats.Median(rates[i])
 		each := make([]string, len(rates[i]))
 		for j, r := range rates[i] {
 			each[j] = fmt.Sprintf("%.0f", r/(1<<20))
@@ -442,7 +419,7 @@ func report(requests, size, rounds int, lat []*contender, samples [][]time.Durat
 				met = "**not met**"
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %.0f MiB/s | %s | %s | %s | %s | %.2f ms |\n", c.name, m/(1<<20), strings.Join(each, ", "), ratio, target, met, median(cpus[i]))
+		fmt.Fprintf(&b, "| %s | %.0f MiB/s | %s | %s | %s | %s | %.2f ms |\n", c.name, m/(1<<20), strings.Join(each, ", "), ratio, target, met, stats.Median(cpus[i]))
 	}
 	b.WriteString("\nThe server, the proxy and the client share this machine's CPUs; CPU per MiB is the whole process's. " +
 		"Direct, each byte is encrypted once and decrypted once; intercepted, the proxy decrypts and encrypts it again " +

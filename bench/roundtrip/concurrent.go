@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/perimeterhq/perimeter/examples"
+
+	"github.com/perimeterhq/perimeter/bench/internal/stats"
 )
 
 // sampleEvery is how often the sampler reads the worker's RSS; every
@@ -79,7 +81,7 @@ func runConcurrent(ctx context.Context, p *benchPlane, bin, stateDir string, ses
 	if err != nil {
 		return res, err
 	}
-	self0 := rusageCPU(syscall.RUSAGE_SELF)
+	self0 := stats.CPU(syscall.RUSAGE_SELF)
 
 	s := startSampler(w.pid())
 	start, ids, err := launch(ctx, p, sessions)
@@ -106,7 +108,7 @@ func runConcurrent(ctx context.Context, p *benchPlane, bin, stateDir string, ses
 		return res, err
 	}
 	res.cpuWorker, res.cpuSandboxes = cpu1.cpu-cpu0.cpu, cpu1.childCPU-cpu0.childCPU
-	res.cpuPlane = rusageCPU(syscall.RUSAGE_SELF) - self0
+	res.cpuPlane = stats.CPU(syscall.RUSAGE_SELF) - self0
 	return res, nil
 }
 

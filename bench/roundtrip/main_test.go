@@ -81,18 +81,3 @@ func TestDescendantsSeparatesChildrenFromTheWholeTree(t *testing.T) {
 		t.Errorf("descendants = %+v", tr)
 	}
 }
-
-func TestMedian(t *testing.T) {
-	for _, tc := range []struct {
-		in   []time.Duration
-		want time.Duration
-	}{
-		{nil, 0},
-		{[]time.Duration{3, 1, 2}, 2},
-		{[]time.Duration{4, 1, 3, 2}, 2},
-	} {
-		if got := median(tc.in); got != tc.want {
-			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
-		}
-	}
-}

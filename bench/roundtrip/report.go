@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/perimeterhq/perimeter/bench/internal/stats"
 )
 
 // Targets.
@@ -59,7 +61,7 @@ func (r report) each(name string, f stat) []time.Duration {
 	return out
 }
 
-func (r report) median(name string, f stat) time.Duration { return median(r.each(name, f)) }
+func (r report) median(name string, f stat) time.Duration { return stats.Median(r.each(name, f)) }
 
 // row writes one row comparing the medians of f for Perimeter and the SDK.
 func (r report) row(b *strings.Builder, what string, f stat) {
@@ -152,17 +154,6 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "**not met**"
-}
-
-func median(xs []time.Duration) time.Duration {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Sorted(slices.Values(xs))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func ratioOf(a, b time.Duration) float64 {

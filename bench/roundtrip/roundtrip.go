@@ -11,6 +11,8 @@ import (
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/perimeterhq/perimeter/bench/internal/stats"
 )
 
 // Scenario (agent) names.
@@ -165,14 +167,5 @@ func runRoundTrips(ctx context.Context, p *benchPlane, cs []contender, root stri
 // cpuTime is the user+system CPU time of this process and of its children
 // that have been waited for (and theirs, recursively).
 func cpuTime() time.Duration {
-	return rusageCPU(syscall.RUSAGE_SELF) + rusageCPU(syscall.RUSAGE_CHILDREN)
-}
-
-// rusageCPU is the user+system CPU time getrusage(who) reports.
-func rusageCPU(who int) time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(who, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return stats.CPU(syscall.RUSAGE_SELF) + stats.CPU(syscall.RUSAGE_CHILDREN)
 }
