@@ -212,10 +212,13 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 			EditedInputSHA256: stored.EditedSHA256,
 		})
 	}
+	edited := len(stored.EditedInput) > 0
 	c.Decision = worker.Decision{
 		Policy: stored.Policy, Allowed: stored.State != Denied, By: stored.DecidedBy, Rule: stored.Rule,
-		Waited: waited, Edited: len(stored.EditedInput) > 0,
-		ReadOnly: res.ReadOnly, RollbackOnError: res.RollbackOnError,
+		Waited: waited, Edited: edited,
+		// read_only vouches for the input the rule matched, not for an
+		// approver's edit of it: an edited call is checkpointed.
+		ReadOnly: res.ReadOnly && !edited, RollbackOnError: res.RollbackOnError,
 	}
 	g.decisions.WithLabelValues(string(stored.State), byLabel(stored.DecidedBy)).Inc()
 	if created && rec.State == Allowed {

@@ -38,6 +38,7 @@ rules:
     deadline: %s
     channels: [ops]
     allow_edit: true
+    read_only: true
     message: a human reviews writes
 `
 
@@ -145,6 +146,10 @@ func TestAWaitingCallRunsWithTheInputItsApproverEdited(t *testing.T) {
 	}
 	if string(c.Input) != string(edit) || c.InputSHA256 != sha256Hex([]byte(`{"file_path":"a.txt","content":"draft"}`)) {
 		t.Errorf("input %s (sha %s): want the edit, bound to the original hash", c.Input, c.InputSHA256)
+	}
+	// The rule's read_only spoke of the draft; the edit gets a checkpoint.
+	if c.Decision.ReadOnly || !c.Decision.Edited {
+		t.Errorf("decision %+v: an edited call is not read-only", c.Decision)
 	}
 	rcv.mu.Lock()
 	defer rcv.mu.Unlock()
