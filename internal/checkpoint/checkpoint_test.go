@@ -168,9 +168,7 @@ func TestHostileWorkspace(t *testing.T) {
 				t.Fatalf("object %s holds the content of a file outside the workspace", name)
 			}
 		}
-		fresh := filepath.Join(t.TempDir(), "r")
-		mustRestore(t, s, fresh, c.ID)
-		assertTree(t, fresh, describe(t, ws), "restore")
+		assertRestores(t, s, c.ID, describe(t, ws), "restore")
 	})
 
 	t.Run("special files are skipped with a reason", func(t *testing.T) {
@@ -186,11 +184,9 @@ func TestHostileWorkspace(t *testing.T) {
 		}
 		defer closeSock()
 		want := []string{"fifo\n\xff: " + ReasonFIFO, "sock: " + ReasonSocket}
-		if err := mknodNull(filepath.Join(ws, "null")); err == nil {
-			want = append(want, "null: "+ReasonCharDevice)
-		} else {
-			t.Logf("no device node (%v): not root", err)
-		}
+		err = mknodNull(filepath.Join(ws, "null"))
+		testenv.Need(t, err == nil, fmt.Sprintf("root, to make a device node (mknod: %v)", err))
+		want = append(want, "null: "+ReasonCharDevice)
 		slices.Sort(want)
 		c := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t"})
 		if diff := cmp.Diff(want, skipNames(c.Skipped)); diff != "" {
@@ -496,9 +492,7 @@ func TestCancelledCheckpointLeavesStoreConsistent(t *testing.T) {
 		c    Checkpoint
 		want map[string]node
 	}{{c0, want0}, {c1, want1}} {
-		fresh := filepath.Join(t.TempDir(), "r")
-		mustRestore(t, s, fresh, tc.c.ID)
-		assertTree(t, fresh, tc.want, "restore of "+tc.c.ToolUseID)
+		assertRestores(t, s, tc.c.ID, tc.want, "restore of "+tc.c.ToolUseID)
 	}
 
 	// A crash instead leaves temporary files and unreferenced objects:
@@ -523,9 +517,7 @@ func TestCancelledCheckpointLeavesStoreConsistent(t *testing.T) {
 	if rep.ObjectsRemoved != 1 || rep.Removed != 0 {
 		t.Fatalf("Prune: %+v, want 1 object and no checkpoint removed", rep)
 	}
-	fresh := filepath.Join(t.TempDir(), "r")
-	mustRestore(t, s2, fresh, c1.ID)
-	assertTree(t, fresh, want1, "restore after Prune")
+	assertRestores(t, s2, c1.ID, want1, "restore after Prune")
 }
 
 func TestIndexSurvivesTornAppend(t *testing.T) {
@@ -707,9 +699,7 @@ func TestPrune(t *testing.T) {
 			var got []int64
 			for _, c := range list {
 				got = append(got, c.Seq)
-				fresh := filepath.Join(t.TempDir(), "r")
-				mustRestore(t, s, fresh, c.ID)
-				assertTree(t, fresh, all[c.ID].want, fmt.Sprintf("restore of %s/%d", sess, c.Seq))
+				assertRestores(t, s, c.ID, all[c.ID].want, fmt.Sprintf("restore of %s/%d", sess, c.Seq))
 				ents, err := s.Entries(context.Background(), c.ID)
 				if err != nil {
 					t.Fatal(err)
@@ -815,9 +805,7 @@ func TestPruneRacesCheckpoints(t *testing.T) {
 	for _, sess := range []string{"a", "b"} {
 		list, _ := s.List(sess)
 		for _, c := range list {
-			fresh := filepath.Join(t.TempDir(), "r")
-			mustRestore(t, s, fresh, c.ID)
-			assertTree(t, fresh, want[c.ID], fmt.Sprintf("restore of %s/%d", sess, c.Seq))
+			assertRestores(t, s, c.ID, want[c.ID], fmt.Sprintf("restore of %s/%d", sess, c.Seq))
 		}
 	}
 }
@@ -867,9 +855,7 @@ func TestAFirstCheckpointBorrowsTheStatCacheOfItsRoot(t *testing.T) {
 			if c.Hashed != 1 {
 				t.Fatalf("hashed %d files, want the 1 that changed", c.Hashed)
 			}
-			fresh := filepath.Join(t.TempDir(), "r")
-			mustRestore(t, s, fresh, c.ID)
-			assertTree(t, fresh, want, "the borrowing checkpoint")
+			assertRestores(t, s, c.ID, want, "the borrowing checkpoint")
 		})
 	}
 }

@@ -167,6 +167,15 @@ func assertTree(t testing.TB, root string, want map[string]node, what string) {
 	}
 }
 
+// assertRestores restores checkpoint id into a new directory and checks
+// that it holds want.
+func assertRestores(t testing.TB, s *Store, id string, want map[string]node, what string) {
+	t.Helper()
+	fresh := filepath.Join(t.TempDir(), "restored")
+	mustRestore(t, s, fresh, id)
+	assertTree(t, fresh, want, what)
+}
+
 // fastStore shortens the racy window so that tests can make the stat
 // cache vouch for files written a moment ago: pause after a checkpoint
 // before changing anything.

@@ -66,9 +66,7 @@ func TestRefs(t *testing.T) {
 			if tr.Copied != 2 {
 				t.Errorf("PullRef(%q) copied %d objects, want 2", tc.name, tr.Copied)
 			}
-			fresh := filepath.Join(t.TempDir(), "fresh")
-			mustRestore(t, dst, fresh, c.ID)
-			assertTree(t, fresh, tc.want, "pulled ref "+tc.name)
+			assertRestores(t, dst, c.ID, tc.want, "pulled ref "+tc.name)
 		}
 		// Without a tool-use id of its own, the pulled checkpoint is named
 		// for the session that saved it.

@@ -207,9 +207,7 @@ func TestPullReproducesPushedCheckpoints(t *testing.T) {
 		if diff := cmp.Diff(countsOf(cps[i]), countsOf(c)); diff != "" {
 			t.Fatalf("checkpoint %d pulled (-pushed +pulled):\n%s", i, diff)
 		}
-		fresh := filepath.Join(t.TempDir(), "fresh")
-		mustRestore(t, dst, fresh, c.ID)
-		assertTree(t, fresh, withoutSetID(want[i]), fmt.Sprintf("restore of pulled checkpoint %d", i))
+		assertRestores(t, dst, c.ID, withoutSetID(want[i]), fmt.Sprintf("restore of pulled checkpoint %d", i))
 		wantEnts, err := src.Entries(context.Background(), c.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -527,9 +525,7 @@ func TestPullRejectsBadRemoteObjects(t *testing.T) {
 		if c.Files != 3 || c.Dirs != 1 || c.Symlinks != 1 || tr.Copied != 5 {
 			t.Fatalf("Pull: %+v, %+v; want 3 files, 1 dir, 1 link, 5 objects", c, tr)
 		}
-		fresh := filepath.Join(t.TempDir(), "fresh")
-		mustRestore(t, s, fresh, c.ID)
-		assertTree(t, fresh, p.want, "pulled tree")
+		assertRestores(t, s, c.ID, p.want, "pulled tree")
 	})
 }
 
@@ -570,9 +566,7 @@ func TestCancelledPullRecordsNothing(t *testing.T) {
 	if list, _ := s.List("s2"); len(list) != 1 {
 		t.Fatalf("%d checkpoints recorded, want 1", len(list))
 	}
-	fresh := filepath.Join(t.TempDir(), "fresh")
-	mustRestore(t, s, fresh, c.ID)
-	assertTree(t, fresh, want, "pulled after interruptions")
+	assertRestores(t, s, c.ID, want, "pulled after interruptions")
 }
 
 // TestPushSendsNothingDamaged: an object damaged on the local disk is

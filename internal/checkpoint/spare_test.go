@@ -58,9 +58,7 @@ func TestNewObjectsAreWrittenToSpareFiles(t *testing.T) {
 			t.Errorf("object %s is not one of the spare files", h)
 		}
 	}
-	fresh := filepath.Join(t.TempDir(), "r")
-	mustRestore(t, s, fresh, c.ID)
-	assertTree(t, fresh, want, "restore")
+	assertRestores(t, s, c.ID, want, "restore")
 
 	// A spare file left half written by a crash is never used: Open
 	// empties the pool.

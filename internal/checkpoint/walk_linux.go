@@ -197,6 +197,10 @@ func reasonFor(err error) string {
 	return err.Error()
 }
 
+// testHookBeforeWatch, when set by a test, runs between a directory's open
+// and its watch: where a sandbox would swap the directory for a symlink.
+var testHookBeforeWatch func(rel string)
+
 // walkDir records the directory open at fd, whose own stat is self, given
 // its state at the previous checkpoint (or nil).
 func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirState) (*dirState, error) {
@@ -204,6 +208,9 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 		return nil, err
 	}
 	if w.track != nil {
+		if testHookBeforeWatch != nil {
+			testHookBeforeWatch(rel)
+		}
 		// Before listing: a change after this point raises an event.
 		w.track.watch(fd, rel)
 	}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // trackedWorkspace is benchWorkspace's layout at 1100 files: m000 holds
@@ -42,9 +44,7 @@ func checkpointAndCompare(t *testing.T, s *Store, ws string, key Key) Checkpoint
 	t.Helper()
 	want := describe(t, ws)
 	c := mustCheckpoint(t, s, ws, key)
-	fresh := filepath.Join(t.TempDir(), "r")
-	mustRestore(t, s, fresh, c.ID)
-	assertTree(t, fresh, want, "restore of "+key.ToolUseID)
+	assertRestores(t, s, c.ID, want, "restore of "+key.ToolUseID)
 	return c
 }
 
@@ -214,16 +214,27 @@ func TestForgetAndCloseRemoveWatches(t *testing.T) {
 // else: the store watches what it walked, never the link's target.
 func TestTrackingNeverWatchesThroughSymlinks(t *testing.T) {
 	s, ws, paths := trackedWorkspace(t)
-	outside := t.TempDir()
-	writeFile(t, filepath.Join(outside, "secret"), []byte("host file"), 0o600)
-	checkpointAndCompare(t, s, ws, Key{Session: "s", ToolUseID: "t0"})
+	moved, decoy := t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(decoy, "secret"), []byte("host file"), 0o600)
+	// Between the walk's open of m000/p00 and its watch, the directory is
+	// moved out and a symlink to decoy put in its place.
 	dir := filepath.Dir(paths[0])
-	os.RemoveAll(dir)
-	if err := os.Symlink(outside, dir); err != nil {
-		t.Fatal(err)
+	testHookBeforeWatch = func(rel string) {
+		if rel != "m000/p00" {
+			return
+		}
+		if err := os.Rename(dir, filepath.Join(moved, "p00")); err != nil {
+			t.Error(err)
+		}
+		if err := os.Symlink(decoy, dir); err != nil {
+			t.Error(err)
+		}
 	}
+	mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t0"})
+	testHookBeforeWatch = nil
 	c := checkpointAndCompare(t, s, ws, Key{Session: "s", ToolUseID: "t1"})
-	writeFile(t, filepath.Join(outside, "secret"), []byte("changed outside"), 0o600)
+	// The store watched the directory it opened, not the symlink's target.
+	writeFile(t, filepath.Join(decoy, "secret"), []byte("changed outside"), 0o600)
 	if again := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t2"}); again.Visited != 0 || again.ID != c.ID {
 		t.Fatalf("a change outside the workspace was tracked: visited %d, id %s, want 0, %s", again.Visited, again.ID, c.ID)
 	}
@@ -243,9 +254,7 @@ func TestStoreSaysWhetherItTracksChanges(t *testing.T) {
 func TestChangeTrackingReportsTheWatchLimit(t *testing.T) {
 	ok, detail := ChangeTracking()
 	limit, err := os.ReadFile("/proc/sys/fs/inotify/max_user_watches")
-	if err != nil {
-		t.Skip("no /proc/sys/fs/inotify here")
-	}
+	testenv.Need(t, err == nil, "/proc/sys/fs/inotify")
 	if !ok || !strings.Contains(detail, strings.TrimSpace(string(limit))) {
 		t.Fatalf("ChangeTracking() = %v, %q; want true and the limit %s", ok, detail, limit)
 	}
@@ -267,6 +276,10 @@ func TestTrackingReportsSkippedEntriesOfUnchangedDirectories(t *testing.T) {
 	}
 	if got := skipNames(c.Skipped); len(got) != 1 || !strings.HasPrefix(got[0], "m000/p00/pipe: ") {
 		t.Fatalf("skipped %v, want the FIFO in the unchanged directory", got)
+	}
+	mustRestore(t, s, ws, c.ID)
+	if _, err := os.Lstat(fifo); !os.IsNotExist(err) {
+		t.Fatalf("the skipped FIFO survived a restore: %v", err)
 	}
 }
 
