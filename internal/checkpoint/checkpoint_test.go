@@ -859,3 +859,55 @@ func TestAFirstCheckpointBorrowsTheStatCacheOfItsRoot(t *testing.T) {
 		})
 	}
 }
+
+// A checkpoint's index line is made durable only after its objects and
+// their directory entries are, so that a crash of the machine at any point
+// leaves every recorded checkpoint complete.
+func TestACheckpointIsRecordedOnlyOnceItsObjectsAreDurable(t *testing.T) {
+	s, dir := openStore(t, Options{})
+	ws := t.TempDir()
+	writeFile(t, filepath.Join(ws, "a"), []byte("one"), 0o644)
+	mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t0"})
+	before, _ := objectFiles(t, dir)
+
+	var mu sync.Mutex
+	var synced []string
+	testHookFsynced = func(p string) {
+		mu.Lock()
+		synced = append(synced, p)
+		mu.Unlock()
+	}
+	defer func() { testHookFsynced = nil }()
+	writeFile(t, filepath.Join(ws, "b"), []byte("two"), 0o644)
+	writeFile(t, filepath.Join(ws, "d", "c"), []byte("three"), 0o644)
+	c := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t1"})
+	testHookFsynced = nil
+
+	after, _ := objectFiles(t, dir)
+	newDirs := map[string]bool{}
+	for name := range after {
+		if _, ok := before[name]; !ok {
+			newDirs[filepath.Join(dir, "objects", name[:2])] = true
+		}
+	}
+	if len(newDirs) == 0 || c.NewObjects != 4 {
+		t.Fatalf("%d new objects in %d directories; want 4 (b, c, the root and d manifests)", c.NewObjects, len(newDirs))
+	}
+	at := func(p string) int { return slices.Index(synced, p) }
+	index := at(s.indexPath("s"))
+	if index != len(synced)-1 {
+		t.Fatalf("the index is not the last thing fsynced: %q", synced)
+	}
+	firstDir := len(synced)
+	for d := range newDirs {
+		i := at(d)
+		if i < 0 || i > index {
+			t.Fatalf("object directory %s fsynced at %d, index at %d: %q", d, i, index, synced)
+		}
+		firstDir = min(firstDir, i)
+	}
+	// The objects' own files, before any rename is made durable.
+	if firstDir < c.NewObjects {
+		t.Fatalf("%d files fsynced before the first object directory, want the %d objects: %q", firstDir, c.NewObjects, synced)
+	}
+}

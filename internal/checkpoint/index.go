@@ -241,7 +241,7 @@ func (ix *sessionIndex) writeRecord(s *Store, c *Checkpoint) (int64, error) {
 		_, err = f.WriteAt(line, ix.size)
 	}
 	if err == nil && !s.opts.NoSync {
-		err = f.Sync()
+		err = fsync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

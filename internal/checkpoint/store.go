@@ -553,9 +553,22 @@ func syncPath(p string) error {
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	err = fsync(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	return err
+}
+
+// testHookFsynced, when set by a test, learns of every file and directory
+// fsynced, in order.
+var testHookFsynced func(path string)
+
+// fsync is every fsync the store makes.
+func fsync(f *os.File) error {
+	err := f.Sync()
+	if err == nil && testHookFsynced != nil {
+		testHookFsynced(f.Name())
 	}
 	return err
 }
@@ -570,7 +583,7 @@ func (s *Store) writeFileAtomic(path string, data []byte) error {
 	defer os.Remove(f.Name())
 	_, err = f.Write(data)
 	if err == nil && !s.opts.NoSync {
-		err = f.Sync()
+		err = fsync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
