@@ -63,27 +63,27 @@ func (s *Store) diffDir(ctx context.Context, from, to hash, dir string, out *[]C
 	if err != nil {
 		return err
 	}
-	all := func(e *entry, kind ChangeKind) error {
-		pe := publicEntry(dir, e)
-		c := Change{Path: pe.Path, Kind: kind}
+	// one records an entry added or removed as a change of its own.
+	one := func(e Entry, kind ChangeKind) {
+		c := Change{Path: e.Path, Kind: kind}
 		if kind == Added {
-			c.To = &pe
+			c.To = &e
 		} else {
-			c.From = &pe
+			c.From = &e
 		}
 		*out = append(*out, c)
+	}
+	// under records everything under a directory added or removed.
+	under := func(e *entry, path string, kind ChangeKind) error {
 		if e.kind != kindDir {
 			return nil
 		}
-		return s.flatten(ctx, e.sum, pe.Path, func(x Entry) {
-			c := Change{Path: x.Path, Kind: kind}
-			if kind == Added {
-				c.To = &x
-			} else {
-				c.From = &x
-			}
-			*out = append(*out, c)
-		})
+		return s.flatten(ctx, e.sum, path, func(x Entry) { one(x, kind) })
+	}
+	all := func(e *entry, kind ChangeKind) error {
+		pe := publicEntry(dir, e)
+		one(pe, kind)
+		return under(e, pe.Path, kind)
 	}
 	i, j := 0, 0
 	for i < len(a) || j < len(b) {
@@ -111,24 +111,11 @@ func (s *Store) diffDir(ctx context.Context, from, to hash, dir string, out *[]C
 			case x.kind != y.kind:
 				c.Kind = TypeOf
 				*out = append(*out, c)
-				for _, sub := range []struct {
-					e    *entry
-					kind ChangeKind
-				}{{x, Removed}, {y, Added}} {
-					if sub.e.kind == kindDir {
-						err := s.flatten(ctx, sub.e.sum, px.Path, func(e Entry) {
-							c := Change{Path: e.Path, Kind: sub.kind}
-							if sub.kind == Added {
-								c.To = &e
-							} else {
-								c.From = &e
-							}
-							*out = append(*out, c)
-						})
-						if err != nil {
-							return err
-						}
-					}
+				if err := under(x, px.Path, Removed); err != nil {
+					return err
+				}
+				if err := under(y, py.Path, Added); err != nil {
+					return err
 				}
 				continue
 			case x.kind == kindDir:

@@ -451,12 +451,9 @@ func (p *pusher) file(h hash) error {
 // damage to a remote shared by other workers. Small objects are read
 // once, into memory; larger ones twice, hashing and then sending.
 func (s *Store) sendObject(ctx context.Context, h hash, send func(io.Reader, int64) error) (int64, error) {
-	f, err := os.Open(s.objectPath(h))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("%w: object %s is missing", ErrCorrupt, h)
-	}
+	f, err := s.openObject(h)
 	if err != nil {
-		return 0, fmt.Errorf("checkpoint: %w", err)
+		return 0, err
 	}
 	defer f.Close()
 	info, err := f.Stat()

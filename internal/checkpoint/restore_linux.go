@@ -203,12 +203,9 @@ func tempName() string {
 // e.name, replacing a file, symlink or special file there.
 func (r *restorer) writeFile(fd int, rel string, e *entry, mode uint32) error {
 	path := joinPath(rel, e.name)
-	src, err := os.Open(r.s.objectPath(e.sum))
+	src, err := r.s.openObject(e.sum)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%w: object %s of %q is missing", ErrCorrupt, e.sum, path)
-		}
-		return fmt.Errorf("checkpoint: restore: %w", err)
+		return fmt.Errorf("restore %q: %w", path, err)
 	}
 	defer src.Close()
 	var tmp string

@@ -319,13 +319,27 @@ func (s *Store) hasObject(h hash) bool {
 }
 
 // readObject returns a small object (a manifest), checking its hash.
-func (s *Store) readObject(h hash) ([]byte, error) {
-	b, err := os.ReadFile(s.objectPath(h))
+// openObject opens object h; a missing one is a corrupt store.
+func (s *Store) openObject(h hash) (*os.File, error) {
+	f, err := os.Open(s.objectPath(h))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: object %s is missing", ErrCorrupt, h)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	return f, nil
+}
+
+func (s *Store) readObject(h hash) ([]byte, error) {
+	f, err := s.openObject(h)
+	if err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: read object %s: %w", h, err)
 	}
 	if sha256.Sum256(b) != h {
 		return nil, fmt.Errorf("%w: object %s does not match its hash", ErrCorrupt, h)
