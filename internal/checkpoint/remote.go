@@ -176,17 +176,14 @@ func (s *Store) checkOpen() error {
 	return nil
 }
 
-// copier runs one Push or Pull on up to Options.Transfers goroutines, as
-// the snapshot walker does: each goroutine at work holds a token from
-// sem; a directory's entries go to new goroutines while tokens are free
-// and are copied inline otherwise; a goroutine that waits lends its token.
-// Each object is copied once however often the tree names it: later askers
+// copier runs one Push or Pull on up to Options.Transfers goroutines
+// (see tokens), as the snapshot walker does. Each object is copied once however often the tree names it: later askers
 // wait for the first (a flight) and share its result.
 type copier struct {
 	parent context.Context // the caller's: check looks at it
 	ctx    context.Context // for requests; cancelled at the first error
 	cancel context.CancelCauseFunc
-	sem    chan struct{}
+	sem    tokens
 
 	mu      sync.Mutex // guards the fields below
 	flights map[flightKey]*flight
@@ -233,7 +230,7 @@ func newCopier(ctx context.Context, n int) *copier {
 	if n <= 0 {
 		n = defaultTransfers
 	}
-	c := &copier{parent: ctx, sem: make(chan struct{}, n), flights: make(map[flightKey]*flight)}
+	c := &copier{parent: ctx, sem: make(tokens, n), flights: make(map[flightKey]*flight)}
 	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	return c
 }
@@ -241,9 +238,8 @@ func newCopier(ctx context.Context, n int) *copier {
 // run calls fn on the calling goroutine, holding a token.
 func (c *copier) run(fn func() error) error {
 	defer c.cancel(nil)
-	c.sem <- struct{}{}
-	err := fn()
-	<-c.sem
+	var err error
+	c.sem.run(func() { err = fn() })
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
@@ -276,14 +272,6 @@ func (c *copier) check() error {
 	return nil
 }
 
-// lend runs wait, which blocks without working, with this goroutine's
-// token lent to the others.
-func (c *copier) lend(wait func()) {
-	<-c.sem
-	wait()
-	c.sem <- struct{}{}
-}
-
 // once runs fn for key the first time key is asked for; later calls wait
 // for that one and return its result.
 func (c *copier) once(key flightKey, fn func() (treeStats, error)) (treeStats, error) {
@@ -298,7 +286,7 @@ func (c *copier) once(key flightKey, fn func() (treeStats, error)) (treeStats, e
 		select {
 		case <-f.done:
 		default:
-			c.lend(func() { <-f.done })
+			c.sem.lend(func() { <-f.done })
 		}
 		return f.st, f.err
 	}
@@ -325,9 +313,8 @@ func (c *copier) counted(copied bool, size int64) {
 
 // group runs the copies of one directory's entries.
 type group struct {
-	c       *copier
-	wg      sync.WaitGroup
-	spawned bool
+	c *copier
+	f fanout
 }
 
 // do runs fn on a new goroutine if a token is free, inline otherwise. An
@@ -336,28 +323,16 @@ func (g *group) do(fn func() error) {
 	if g.c.check() != nil {
 		return
 	}
-	run := func() {
+	g.f.do(func() {
 		if err := fn(); err != nil {
 			g.c.fail(err)
 		}
-	}
-	select {
-	case g.c.sem <- struct{}{}:
-		g.spawned = true
-		g.wg.Go(func() {
-			defer func() { <-g.c.sem }()
-			run()
-		})
-	default:
-		run()
-	}
+	})
 }
 
 // wait waits for the group and returns the copy's first error, if any.
 func (g *group) wait() error {
-	if g.spawned {
-		g.c.lend(g.wg.Wait)
-	}
+	g.f.wait()
 	return g.c.check()
 }
 
@@ -391,7 +366,7 @@ func (p *pusher) tree(h hash) (treeStats, error) {
 			p.counted(false, int64(len(b)))
 			return treeStats{}, nil
 		}
-		g := group{c: p.copier}
+		g := group{c: p.copier, f: fanout{t: p.sem}}
 		for i := range ents {
 			e := &ents[i]
 			switch e.kind {
@@ -562,7 +537,7 @@ func (p *puller) fetchTree(h hash, depth int) (treeStats, error) {
 		}
 	}
 	subs := make([]treeStats, len(ents)) // each written by one goroutine
-	g := group{c: p.copier}
+	g := group{c: p.copier, f: fanout{t: p.sem}}
 	for i := range ents {
 		e := &ents[i]
 		switch e.kind {

@@ -27,9 +27,7 @@ const chunk = 256 << 10
 var bufPool = sync.Pool{New: func() any { b := make([]byte, smallFile); return &b }}
 
 // walker takes one snapshot. Directories are walked by up to
-// Options.Parallelism goroutines, each holding a token from sem while it
-// works: a directory's subdirectories go to new goroutines while tokens
-// are free and are walked inline otherwise. Each directory's files are
+// Options.Parallelism goroutines (see tokens); each directory's files are
 // read by the goroutine that lists it.
 type walker struct {
 	s     *Store
@@ -45,7 +43,7 @@ type walker struct {
 	// Entries whose change time is at or after these (ns) are racy: for
 	// file systems with sub-second timestamps, and with whole seconds.
 	racyFine, racyCoarse int64
-	sem                  chan struct{} // a token per goroutine at work
+	sem                  tokens // a token per goroutine at work
 
 	mu      sync.Mutex // guards dirs and skipped
 	dirs    map[string]*dirState
@@ -107,7 +105,7 @@ func (s *Store) walk(ctx context.Context, root string, prev *snapCache, t *txn, 
 		visit:      visit,
 		racyFine:   start.Add(-s.racyWindow).UnixNano(),
 		racyCoarse: start.Add(-max(s.racyWindow, 2*time.Second)).UnixNano(),
-		sem:        make(chan struct{}, s.opts.Parallelism),
+		sem:        make(tokens, s.opts.Parallelism),
 		dirs:       make(map[string]*dirState),
 	}
 	fd, err := openat(-100 /* AT_FDCWD */, root, openDir, 0)
@@ -129,9 +127,7 @@ func (s *Store) walk(ctx context.Context, root string, prev *snapCache, t *txn, 
 		d = prevRoot
 		w.keep("", d)
 	} else {
-		w.sem <- struct{}{}
-		d, err = w.walkDir(fd, "", 0, keyOf(&st), prevRoot)
-		<-w.sem
+		w.sem.run(func() { d, err = w.walkDir(fd, "", 0, keyOf(&st), prevRoot) })
 		if err != nil {
 			return snapResult{}, err
 		}
@@ -338,8 +334,7 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 	if len(subs) > 0 {
 		states := make([]*dirState, len(subs))
 		errs := make([]error, len(subs))
-		var wg sync.WaitGroup
-		spawned := false
+		f := fanout{t: w.sem}
 		for n, sd := range subs {
 			childRel := joinPath(rel, sd.name)
 			var childPrev *dirState
@@ -351,27 +346,11 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 				w.keep(childRel, childPrev)
 				continue
 			}
-			run := func() {
+			f.do(func() {
 				states[n], errs[n] = w.openDir(fd, rel, sd.name, childRel, depth+1, sd.st, childPrev)
-			}
-			select {
-			case w.sem <- struct{}{}:
-				spawned = true
-				wg.Go(func() {
-					defer func() { <-w.sem }()
-					run()
-				})
-			default:
-				run()
-			}
+			})
 		}
-		if spawned {
-			// Waiting is not working: lend this goroutine's token to
-			// the walkers below while it waits.
-			<-w.sem
-			wg.Wait()
-			w.sem <- struct{}{}
-		}
+		f.wait()
 		drop := false
 		for n, sd := range subs {
 			if errs[n] != nil {
