@@ -131,9 +131,8 @@ func loadIndex(path, session string) (*sessionIndex, error) {
 	return ix, nil
 }
 
-// parseIndex parses an index file. If session is nil it is taken from the
-// header and returned through the pointer's target; otherwise the header
-// must name it.
+// parseIndex parses an index file. If *session is empty it is set to the
+// session the header names; otherwise the header must name it.
 func parseIndex(data []byte, session *string) (recs []Checkpoint, size int64, nextSeq int64, err error) {
 	nextSeq = 1
 	sawHeader := false
@@ -160,7 +159,7 @@ func parseIndex(data []byte, session *string) (recs []Checkpoint, size int64, ne
 			if l.Session == nil {
 				return nil, 0, 0, errors.New("index header without a session")
 			}
-			if session == nil || *session == "" {
+			if *session == "" {
 				*session = string(*l.Session)
 			} else if string(*l.Session) != *session {
 				return nil, 0, 0, fmt.Errorf("index belongs to session %q", string(*l.Session))

@@ -306,16 +306,21 @@ func (s *Store) loadAllSessions() ([]*session, error) {
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint: %w", err)
 		}
-		var name string
-		if _, _, _, err := parseIndex(data, &name); err != nil {
+		ix := &sessionIndex{path: path}
+		ix.records, ix.size, ix.nextSeq, err = parseIndex(data, &ix.session)
+		if err != nil {
 			return nil, fmt.Errorf("checkpoint: index %s: %w", path, err)
 		}
-		if name == "" || s.indexPath(name) != path {
+		if ix.session == "" || s.indexPath(ix.session) != path {
 			continue // not an index this store wrote
 		}
-		ss, err := s.sessionLocked(name)
-		if err != nil {
-			return nil, err
+		ss := s.sessions[ix.session]
+		if ss == nil {
+			ss = &session{name: ix.session}
+			s.sessions[ix.session] = ss
+		}
+		if ss.index == nil {
+			ss.index = ix // as read: no need to read it again
 		}
 		out = append(out, ss)
 	}
