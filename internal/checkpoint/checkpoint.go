@@ -171,6 +171,9 @@ func (s *Store) Checkpoint(ctx context.Context, root string, key Key) (_ Checkpo
 	run := s.runLock(key.Session)
 	run.Lock()
 	defer run.Unlock()
+	rl := s.rootLock(root)
+	rl.Lock()
+	defer rl.Unlock()
 	s.mu.Lock()
 	ss, err := s.sessionLocked(key.Session)
 	var prev *snapCache
@@ -309,23 +312,22 @@ type RestoreReport struct {
 func (s *Store) Restore(ctx context.Context, root string, id string) (RestoreReport, error) {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	h, err := parseHash(id)
+	if err := s.checkOpen(); err != nil {
+		return RestoreReport{}, err
+	}
+	h, err := s.rootOf(id)
 	if err != nil {
 		return RestoreReport{}, err
 	}
 	root = filepath.Clean(root)
-	s.mu.Lock()
-	closed := s.closed
+	rl := s.rootLock(root)
+	rl.Lock()
+	defer rl.Unlock()
 	// A stat cache of the same root lets Restore know that a file already
 	// holds the recorded content without reading it.
+	s.mu.Lock()
 	cache := s.freshestCacheLocked(root)
 	s.mu.Unlock()
-	if closed {
-		return RestoreReport{}, ErrClosed
-	}
-	if _, err := s.rootOf(id); err != nil {
-		return RestoreReport{}, err
-	}
 	rep, err := s.restore(ctx, root, h, cache)
 	if err != nil && ctx.Err() != nil {
 		return rep, fmt.Errorf("checkpoint: restore: %w", ctx.Err())

@@ -911,3 +911,35 @@ func TestACheckpointIsRecordedOnlyOnceItsObjectsAreDurable(t *testing.T) {
 		t.Fatalf("%d files fsynced before the first object directory, want the %d objects: %q", firstDir, c.NewObjects, synced)
 	}
 }
+
+// A checkpoint of a workspace waits for a restore of it under way, and
+// the other way round, so that neither sees the other half done.
+func TestCheckpointAndRestoreOfOneWorkspaceTakeTurns(t *testing.T) {
+	s, _ := openStore(t, Options{NoSync: true})
+	ws := t.TempDir()
+	writeFile(t, filepath.Join(ws, "f"), []byte("one"), 0o644)
+	c := mustCheckpoint(t, s, ws, Key{Session: "s"})
+	for _, op := range []struct {
+		name string
+		run  func() error
+	}{
+		{"checkpoint", func() error { _, err := s.Checkpoint(context.Background(), ws, Key{Session: "s"}); return err }},
+		{"restore", func() error { _, err := s.Restore(context.Background(), ws, c.ID); return err }},
+	} {
+		// What the other operation holds while it works.
+		busy := s.rootLock(filepath.Clean(ws))
+		busy.Lock()
+		done := make(chan error, 1)
+		go func() { done <- op.run() }()
+		select {
+		case err := <-done:
+			busy.Unlock()
+			t.Fatalf("%s ran while the workspace was busy: %v", op.name, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		busy.Unlock()
+		if err := <-done; err != nil {
+			t.Fatalf("%s: %v", op.name, err)
+		}
+	}
+}

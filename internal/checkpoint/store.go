@@ -86,6 +86,10 @@ type Store struct {
 	// session id rather than kept per session, so that none is lost when
 	// Forget drops a session's state.
 	runs [64]sync.Mutex
+	// roots serializes checkpoints and restores of one workspace, so that
+	// a checkpoint never records a tree a restore is half way through
+	// (an operator's restore of a live session, say). Striped by path.
+	roots [64]sync.Mutex
 
 	mu       sync.Mutex // guards the fields below and those of each session
 	closed   bool
@@ -109,10 +113,14 @@ type session struct {
 	lastUse uint64
 }
 
-func (s *Store) runLock(session string) *sync.Mutex {
+func (s *Store) runLock(session string) *sync.Mutex { return stripe(&s.runs, session) }
+
+func (s *Store) rootLock(root string) *sync.Mutex { return stripe(&s.roots, root) }
+
+func stripe(locks *[64]sync.Mutex, key string) *sync.Mutex {
 	h := fnv.New32a()
-	h.Write([]byte(session))
-	return &s.runs[h.Sum32()%uint32(len(s.runs))]
+	h.Write([]byte(key))
+	return &locks[h.Sum32()%uint32(len(locks))]
 }
 
 const (
