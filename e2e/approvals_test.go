@@ -83,6 +83,19 @@ func approvalsCLI(t *testing.T, args ...string) string {
 // pending, and returns it.
 func waitPending(t *testing.T, target []string, filePath string) approval.Record {
 	t.Helper()
+	return waitPendingWhere(t, target, filePath, func(r approval.Record) bool {
+		var in struct {
+			FilePath string `json:"file_path"`
+		}
+		_ = json.Unmarshal(r.Input, &in)
+		return in.FilePath == filePath
+	})
+}
+
+// waitPendingWhere waits for a pending request that match accepts; what
+// names it in the failure.
+func waitPendingWhere(t *testing.T, target []string, what string, match func(approval.Record) bool) approval.Record {
+	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		var recs []approval.Record
@@ -90,17 +103,13 @@ func waitPending(t *testing.T, target []string, filePath string) approval.Record
 			t.Fatal(err)
 		}
 		for _, r := range recs {
-			var in struct {
-				FilePath string `json:"file_path"`
-			}
-			_ = json.Unmarshal(r.Input, &in)
-			if in.FilePath == filePath {
+			if match(r) {
 				return r
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("no pending request for %s", filePath)
+	t.Fatalf("no pending request for %s", what)
 	return approval.Record{}
 }
 

@@ -34,32 +34,13 @@ func TestAnOperatorRollsALiveSessionBack(t *testing.T) {
 	id := newSession(t, op, "e2e-checkpoint")
 
 	// The cat waits for approval; the wrecking call is the one before it.
-	var pending approval.Record
-	waitFor(t, "the cat to wait for approval", func() bool {
-		var recs []approval.Record
-		if err := json.Unmarshal([]byte(approvalsCLI(t, append(target, "list", "--json")...)), &recs); err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			if r.SessionID == id {
-				pending = r
-				return true
-			}
-		}
-		return false
+	pending := waitPendingWhere(t, target, "the session's cat", func(r approval.Record) bool { return r.SessionID == id })
+	wrecking := waitEvent(t, op, id, func(ev map[string]any) bool {
+		in, _ := ev["input"].(map[string]any)
+		cmd, _ := in["command"].(string)
+		return ev["type"] == "agent.tool_use" && strings.Contains(cmd, "WRECKED")
 	})
-	var wreck string
-	for _, ev := range events(t, op, id) {
-		if ev["type"] == "agent.tool_use" {
-			in, _ := ev["input"].(map[string]any)
-			if cmd, _ := in["command"].(string); strings.Contains(cmd, "WRECKED") {
-				wreck, _ = ev["id"].(string)
-			}
-		}
-	}
-	if wreck == "" {
-		t.Fatal("no tool_use event for the wrecking call")
-	}
+	wreck, _ := wrecking["id"].(string)
 	if b, _ := os.ReadFile(filepath.Join(state, "workspaces", id, "notes", "plan.md")); string(b) != "WRECKED\n" {
 		t.Fatalf("before the restore the plan is %q", b)
 	}
