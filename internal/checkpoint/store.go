@@ -38,10 +38,10 @@ type Options struct {
 	// Zero means GOMAXPROCS.
 	Parallelism int
 	// CacheEntries bounds the workspace entries that the sessions' stat
-	// caches hold together in memory, at about 150 bytes each; the least
-	// recently used caches are dropped first, never the one just made. A
-	// session without a cache re-reads every file at its next checkpoint.
-	// Zero means 2 million.
+	// caches hold together in memory, at about 180 bytes each
+	// (BenchmarkStatCacheBytes); the least recently used caches are dropped
+	// first, never the one just made. A session without a cache re-reads
+	// every file at its next checkpoint. Zero means 2 million.
 	CacheEntries int
 	// FullScan turns change tracking off: every checkpoint stats every
 	// entry of the workspace, as it must anyway when tracking is not
