@@ -425,7 +425,7 @@ func (b *booting) admit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("find bwrap's child %d: %w", info.ChildPID, err)
 	}
-	if ppid, _ := parentPID(info.ChildPID); ppid != b.cmd.Process.Pid {
+	if ppid, _ := sandbox.ParentPID(info.ChildPID); ppid != b.cmd.Process.Pid {
 		return fmt.Errorf("pid %d from bwrap's --info-fd is not bwrap's child", info.ChildPID)
 	}
 	b.nsinit, b.nsinitPID = p, info.ChildPID
@@ -451,7 +451,7 @@ func (b *booting) kill() {
 		_ = b.nsinit.Kill()
 	} else {
 		// admit never learnt the child: find it the slow way.
-		for _, pid := range childrenOf(b.cmd.Process.Pid) {
+		for _, pid := range sandbox.ChildrenOf(b.cmd.Process.Pid) {
 			if p, err := os.FindProcess(pid); err == nil {
 				_ = p.Kill()
 			}
@@ -491,10 +491,10 @@ func (b *booting) sandboxdPID(nsPID int) (int, error) {
 		candidates = b.cg.procs()
 	}
 	if len(candidates) == 0 {
-		candidates = childrenOf(b.nsinitPID)
+		candidates = sandbox.ChildrenOf(b.nsinitPID)
 	}
 	for _, pid := range candidates {
-		if ppid, _ := parentPID(pid); ppid != b.nsinitPID {
+		if ppid, _ := sandbox.ParentPID(pid); ppid != b.nsinitPID {
 			continue
 		}
 		if nsPIDOf(pid) == nsPID {
@@ -525,35 +525,11 @@ func processGone(p *os.Process, pid int) bool {
 
 // procState is the state letter of pid from /proc/<pid>/stat.
 func procState(pid int) (byte, bool) {
-	fields, ok := procStat(pid)
+	fields, ok := sandbox.ProcStat(pid)
 	if !ok || len(fields) < 1 || len(fields[0]) != 1 {
 		return 0, false
 	}
 	return fields[0][0], true
-}
-
-// parentPID is pid's parent from /proc/<pid>/stat.
-func parentPID(pid int) (int, bool) {
-	fields, ok := procStat(pid)
-	if !ok || len(fields) < 2 {
-		return 0, false
-	}
-	ppid, err := strconv.Atoi(fields[1])
-	return ppid, err == nil
-}
-
-// procStat returns the fields of /proc/<pid>/stat after the command name
-// (state, ppid, …).
-func procStat(pid int) ([]string, bool) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return nil, false
-	}
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return nil, false
-	}
-	return strings.Fields(string(data[i+1:])), true
 }
 
 // nsPIDOf is pid's pid in its innermost pid namespace (the last NSpid
@@ -574,26 +550,6 @@ func nsPIDOf(pid int) int {
 		}
 	}
 	return 0
-}
-
-// childrenOf lists the processes whose parent is pid, by scanning /proc
-// (this kernel may lack /proc/<pid>/task/<tid>/children).
-func childrenOf(pid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if ppid, ok := parentPID(child); ok && ppid == pid {
-			out = append(out, child)
-		}
-	}
-	return out
 }
 
 // dataPipe returns the read end of a pipe holding data, for bwrap to read

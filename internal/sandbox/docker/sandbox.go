@@ -48,17 +48,27 @@ var _ sandbox.Sandbox = (*Sandbox)(nil)
 // ContainerID is the engine's ID of the sandbox's container.
 func (s *Sandbox) ContainerID() string { return s.id }
 
-// PID is the host pid of the container's first process, as the engine
-// reports it: sandboxd under runc, the gVisor sandbox under runsc. It is 0
-// when the engine cannot say (the container is gone).
+// PID is the host pid of sandboxd under runc, and of the gVisor sandbox
+// (which runs sandboxd in its own kernel) under runsc. It is 0 when the
+// engine cannot say (the container is gone).
 func (s *Sandbox) PID() int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	info, err := s.rt.cli.ContainerInspect(ctx, s.id)
-	if err != nil || info.State == nil {
+	if err != nil || info.State == nil || info.State.Pid <= 0 {
 		return 0
 	}
-	return info.State.Pid
+	if s.rt.opts.OCIRuntime == "runsc" {
+		return info.State.Pid
+	}
+	// The container's own process is docker-init; sandboxd is its one
+	// child. Killing docker-init kills sandboxd only once the kernel tears
+	// the pid namespace down, by which time sandboxd may have answered
+	// another call.
+	if kids := sandbox.ChildrenOf(info.State.Pid); len(kids) == 1 {
+		return kids[0]
+	}
+	return 0
 }
 
 // Exec runs call in sandboxd. See [sandbox.Sandbox]. When the kernel killed
