@@ -195,3 +195,54 @@ type queueAddr struct{}
 
 func (queueAddr) Network() string { return "intercepted" }
 func (queueAddr) String() string  { return "intercepted" }
+
+// bulkConn reads from its connection in large pieces once data streams. A
+// TLS connection reads little more than one record (16 KiB) at a time from
+// the connection under it; on a long body that is one system call per
+// record. Once a read fills the caller's buffer, more is likely waiting,
+// and the next read takes up to bulkRead bytes into a pooled buffer that
+// the following reads drain. A read that does not fill the caller's buffer
+// goes straight to the connection again, so an idle connection, blocked in
+// a read, holds no buffer.
+type bulkConn struct {
+	net.Conn
+	streaming bool    // the last direct read filled the caller's buffer
+	buf       *[]byte // from bulkBuffers; buf[r:w] is unread
+	r, w      int
+	err       error // the connection's error, returned once buf is drained
+}
+
+// bulkRead is the most a bulkConn reads at once.
+const bulkRead = 128 << 10
+
+var bulkBuffers = sync.Pool{New: func() any { b := make([]byte, bulkRead); return &b }}
+
+func (c *bulkConn) Read(b []byte) (int, error) {
+	if c.buf != nil {
+		n := copy(b, (*c.buf)[c.r:c.w])
+		c.r += n
+		if c.r < c.w {
+			return n, nil
+		}
+		bulkBuffers.Put(c.buf)
+		c.buf = nil
+		err := c.err
+		c.err = nil
+		return n, err
+	}
+	if !c.streaming || len(b) >= bulkRead {
+		n, err := c.Conn.Read(b)
+		c.streaming = n == len(b) && n > 0
+		return n, err
+	}
+	buf := bulkBuffers.Get().(*[]byte)
+	n, err := c.Conn.Read(*buf)
+	k := copy(b, (*buf)[:n])
+	c.streaming = n > k
+	if k == n {
+		bulkBuffers.Put(buf)
+		return k, err
+	}
+	c.buf, c.r, c.w, c.err = buf, k, n, err
+	return k, nil
+}

@@ -1,11 +1,13 @@
 package egress
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
 	"net"
 	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -86,5 +88,76 @@ func TestHeldWritesLeaveInOneWrite(t *testing.T) {
 	_, _ = ic.Write([]byte(" third"))
 	if string(under.written) != "first second third" || under.writes != 2 {
 		t.Fatalf("written %q in %d writes", under.written, under.writes)
+	}
+}
+
+// scriptedConn answers each Read with the next of its pieces (as much of it
+// as fits), then err.
+type scriptedConn struct {
+	net.Conn
+	pieces [][]byte
+	err    error
+	sizes  []int // len(b) of each Read
+}
+
+func (c *scriptedConn) Read(b []byte) (int, error) {
+	c.sizes = append(c.sizes, len(b))
+	if len(c.pieces) == 0 {
+		return 0, c.err
+	}
+	n := copy(b, c.pieces[0])
+	if c.pieces[0] = c.pieces[0][n:]; len(c.pieces[0]) == 0 {
+		c.pieces = c.pieces[1:]
+	}
+	return n, nil
+}
+
+// A bulkConn reads the connection in large pieces only while a stream
+// fills its caller's reads, hands over every byte in order, and returns
+// the connection's error after the data before it.
+func TestBulkConnReadsLargePiecesWhileStreaming(t *testing.T) {
+	stream := make([]byte, 300<<10)
+	for i := range stream {
+		stream[i] = byte(i * 7)
+	}
+	sc := &scriptedConn{pieces: [][]byte{stream[:4<<10], stream[4<<10 : 5<<10], stream[5<<10:]}, err: io.EOF}
+	c := &bulkConn{Conn: sc}
+	var got []byte
+	b := make([]byte, 4<<10)
+	var err error
+	for err == nil {
+		var n int
+		n, err = c.Read(b)
+		got = append(got, b[:n]...)
+	}
+	if err != io.EOF {
+		t.Fatalf("error %v, want EOF", err)
+	}
+	if !bytes.Equal(got, stream) {
+		t.Fatalf("read %d bytes, not the stream of %d", len(got), len(stream))
+	}
+	// The first read is direct and fills b: the next is bulk, takes the
+	// short piece whole (so streaming ends) and is drained; the next is
+	// direct again, fills b; then bulk reads drain the rest.
+	want := []int{4 << 10, bulkRead, 4 << 10, bulkRead, bulkRead, bulkRead}
+	if !slices.Equal(sc.sizes[:len(want)], want) {
+		t.Fatalf("connection reads of %v, want %v first", sc.sizes, want)
+	}
+	if c.buf != nil {
+		t.Fatal("a drained bulkConn still holds a buffer")
+	}
+}
+
+// An idle connection (its reads do not fill the caller's buffer) is read
+// directly: a read blocked on it holds no pooled buffer.
+func TestBulkConnIdleReadsDirect(t *testing.T) {
+	sc := &scriptedConn{pieces: [][]byte{[]byte("HTTP/1.1 200 OK\r\n"), []byte("x")}, err: io.EOF}
+	c := &bulkConn{Conn: sc}
+	b := make([]byte, 16<<10)
+	for range 3 {
+		_, _ = c.Read(b)
+	}
+	if !slices.Equal(sc.sizes, []int{16 << 10, 16 << 10, 16 << 10}) {
+		t.Fatalf("connection reads of %v, want only direct ones", sc.sizes)
 	}
 }

@@ -165,7 +165,7 @@ func (p *Proxy) interceptTunnel(w http.ResponseWriter, t target, rec *Record, st
 	var batch *batchConn
 	if prefix[0] == 0x16 { // a TLS handshake record
 		t.scheme = "https"
-		batch = &batchConn{Conn: conn}
+		batch = &batchConn{Conn: &bulkConn{Conn: conn}}
 		tc := tls.Server(batch, p.tlsConfig(t))
 		ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 		err := tc.HandshakeContext(ctx)

@@ -181,7 +181,13 @@ func NewProxy(opts Options) (*Proxy, error) {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	p.transport = &http.Transport{
-		DialContext:         p.dialUpstream,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := p.dialUpstream(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &bulkConn{Conn: c}, nil
+		},
 		TLSClientConfig:     &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout: 10 * time.Second,
 		Protocols:           protocols,
