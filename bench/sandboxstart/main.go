@@ -15,7 +15,7 @@
 //
 // Usage:
 //
-//	go run ./bench/sandboxstart -sandboxd ./bin/perimeter-sandboxd [-perimeter ./bin/perimeter] [-sessions 30] [-backends process,bwrap] [-out results.md]
+//	go run ./bench/sandboxstart -sandboxd ./bin/perimeter-sandboxd [-perimeter ./bin/perimeter] [-sessions 30] [-backends process,bwrap] [-spans] [-out results.md]
 package main
 
 import (
@@ -41,6 +41,9 @@ import (
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/perimeterhq/perimeter/bench/internal/plane"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/sandbox/bwrap"
@@ -59,6 +62,8 @@ const (
 	workerID = "bench-sandboxstart"
 	poolSize = 2
 )
+
+var spans = flag.Bool("spans", false, "also print, per backend, the median start and end of each of the worker's spans after the claim: where the claim path's time goes")
 
 // Targets.
 const (
@@ -228,10 +233,19 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 		r.skipped = oneLine(err)
 		return r
 	}
-	w, err := worker.New(worker.Options{
+	opts := worker.Options{
 		Client: p.WorkerClient(), EnvironmentID: envID, EnvironmentKey: envKey, WorkerID: workerID,
 		Runtime: rt, StateDir: state, MaxIdle: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
-	})
+	}
+	var rec *tracetest.SpanRecorder
+	tl := newTimeline()
+	if *spans {
+		rec = tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer tp.Shutdown(context.Background())
+		opts.TracerProvider = tp
+	}
+	w, err := worker.New(opts)
 	if err != nil {
 		r.skipped = oneLine(err)
 		return r
@@ -255,7 +269,10 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 				return r
 			}
 		}
-		d, err := p.serveOne(ctx)
+		acked, d, err := p.serveOne(ctx)
+		if err == nil && i > 0 && rec != nil {
+			tl.add(acked, rec.Ended())
+		}
 		if err != nil {
 			r.skipped = fmt.Sprintf("after %d sessions: %s", len(r.samples), oneLine(err))
 			return r
@@ -266,6 +283,9 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 	}
 	if pl != nil {
 		r.note = fmt.Sprintf("%d/%d sessions got a warm sandbox", handed.Load(), n+1)
+	}
+	if *spans {
+		fmt.Fprintf(os.Stderr, "sandboxstart: %s, median span start and end after the claim:\n%s", name, tl)
 	}
 	return r
 }
@@ -455,7 +475,7 @@ func startPlane(scenarioDir string) (*benchPlane, error) {
 
 // serveOne creates a session, waits for its scenario to pass and its work
 // item to stop, and returns claim → first tool result.
-func (p *benchPlane) serveOne(ctx context.Context) (time.Duration, error) {
+func (p *benchPlane) serveOne(ctx context.Context) (acked time.Time, _ time.Duration, _ error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	s, err := p.Op.Beta.Sessions.New(ctx, anthropic.BetaSessionNewParams{
@@ -463,20 +483,20 @@ func (p *benchPlane) serveOne(ctx context.Context) (time.Duration, error) {
 		EnvironmentID: envID,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("create session: %w", err)
+		return acked, 0, fmt.Errorf("create session: %w", err)
 	}
 	if err := p.waitPassed(ctx, s.ID); err != nil {
-		return 0, err
+		return acked, 0, err
 	}
-	acked, err := p.waitStopped(ctx, s.ID)
+	acked, err = p.waitStopped(ctx, s.ID)
 	if err != nil {
-		return 0, err
+		return acked, 0, err
 	}
 	first, err := p.firstResult(ctx, s.ID)
 	if err != nil {
-		return 0, err
+		return acked, 0, err
 	}
-	return first.Sub(acked), nil
+	return acked, first.Sub(acked), nil
 }
 
 func (p *benchPlane) waitPassed(ctx context.Context, id string) error {

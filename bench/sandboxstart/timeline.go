@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+// timeline collects, over sessions, when each of the worker's spans started
+// and ended relative to the session's claim, to show where the claim path's
+// time goes.
+type timeline struct {
+	seen   map[string]bool // span ids already counted
+	starts map[string][]time.Duration
+	ends   map[string][]time.Duration
+	order  map[string]time.Duration // first start seen, for sorting
+}
+
+func newTimeline() *timeline {
+	return &timeline{seen: map[string]bool{}, starts: map[string][]time.Duration{},
+		ends: map[string][]time.Duration{}, order: map[string]time.Duration{}}
+}
+
+// add takes the spans of the session claimed at acked: the ended spans not
+// yet counted that started after the claim, the first of each name.
+func (t *timeline) add(acked time.Time, ended []sdktrace.ReadOnlySpan) {
+	first := map[string]bool{}
+	for _, s := range ended {
+		id := s.SpanContext().SpanID().String()
+		if t.seen[id] {
+			continue
+		}
+		t.seen[id] = true
+		if s.StartTime().Before(acked.Add(-time.Second)) || first[s.Name()] {
+			continue
+		}
+		first[s.Name()] = true
+		n := s.Name()
+		st, en := s.StartTime().Sub(acked), s.EndTime().Sub(acked)
+		t.starts[n] = append(t.starts[n], st)
+		t.ends[n] = append(t.ends[n], en)
+		if o, ok := t.order[n]; !ok || st < o {
+			t.order[n] = st
+		}
+	}
+}
+
+func (t *timeline) String() string {
+	names := make([]string, 0, len(t.starts))
+	for n := range t.starts {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int { return int(median(t.starts[a]) - median(t.starts[b])) })
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "  %8.1f ms → %8.1f ms  %s (%d)\n", ms(median(t.starts[n])), ms(median(t.ends[n])), n, len(t.starts[n]))
+	}
+	return b.String()
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
