@@ -6,7 +6,8 @@
 // the session's workspace path: the sandbox's mount of it (at /workspace)
 // follows the directory, so the session gets its own workspace without a
 // restart. A warm sandbox serves exactly one session and is never returned
-// to the pool; a replacement starts in the background.
+// to the pool; a replacement starts in the background once the session's
+// first call has its answer (see refillAfter).
 //
 // Only backends that mount the workspace at a fixed path inside the sandbox
 // (docker, bwrap) can be pooled. A session that already has files (a
@@ -55,9 +56,18 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex // guards ready
+	mu    sync.Mutex // guards ready, and wg.Add against Close
 	ready []warm
+
+	refillAfter time.Duration // refillAfter, but in tests
 }
+
+// refillAfter bounds how long a replacement waits for the first call of the
+// sandbox it replaces. Starting one takes the CPU for tens of milliseconds
+// (bwrap, a container, sandboxd, the shell), which on a small host the
+// session that just claimed a warm sandbox would otherwise share for its
+// first call: the call the pool is there to make fast.
+const refillAfter = time.Second
 
 type warm struct {
 	sb  sandbox.Sandbox
@@ -84,7 +94,7 @@ func New(rt sandbox.Runtime, opts Options) (*Pool, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{rt: rt, opts: opts, log: opts.Logger.With(slog.String("component", "warm-pool"), slog.String("runtime", rt.Name())),
-		ctx: ctx, cancel: cancel}
+		ctx: ctx, cancel: cancel, refillAfter: refillAfter}
 	for range opts.Size {
 		p.refill()
 	}
@@ -106,15 +116,18 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 	if !ok {
 		return p.rt.Create(ctx, spec)
 	}
-	p.refill()
+	h := &handed{Sandbox: w.sb, refill: p.refill}
+	h.timer = time.AfterFunc(p.refillAfter, h.replace)
 	// The session's workspace is an empty directory the worker made; the
 	// warm one takes its place.
 	if err := os.Remove(spec.Workspace); err != nil && !os.IsNotExist(err) {
+		h.replace()
 		p.discard(w)
 		return p.rt.Create(ctx, spec)
 	}
 	if err := os.Rename(w.dir, spec.Workspace); err != nil {
 		p.log.Warn("could not hand over a warm workspace; starting a cold sandbox", slog.Any("error", err))
+		h.replace()
 		p.discard(w)
 		if err := os.MkdirAll(spec.Workspace, 0o700); err != nil {
 			return nil, err
@@ -122,7 +135,35 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 		return p.rt.Create(ctx, spec)
 	}
 	p.log.Info("handed out a warm sandbox", slog.String("session_id", spec.SessionID))
-	return w.sb, nil
+	return h, nil
+}
+
+// handed is a warm sandbox given to a session. Its replacement starts when
+// its first call returns, when it is closed, or after refillAfter,
+// whichever comes first.
+type handed struct {
+	sandbox.Sandbox
+	refill func()
+	timer  *time.Timer
+	once   sync.Once
+}
+
+func (h *handed) replace() {
+	h.once.Do(func() {
+		h.timer.Stop()
+		h.refill()
+	})
+}
+
+func (h *handed) Exec(ctx context.Context, call sandbox.Call) (sandbox.Result, error) {
+	res, err := h.Sandbox.Exec(ctx, call)
+	h.replace()
+	return res, err
+}
+
+func (h *handed) Close(ctx context.Context) error {
+	h.replace()
+	return h.Sandbox.Close(ctx)
 }
 
 // fits reports whether a warm sandbox can serve spec: a fresh session (an
@@ -148,8 +189,14 @@ func (p *Pool) take() (warm, bool) {
 	return w, true
 }
 
-// refill starts one replacement in the background.
+// refill starts one replacement in the background, unless the pool is
+// closed.
 func (p *Pool) refill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx.Err() != nil {
+		return
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -210,7 +257,9 @@ func (p *Pool) Ready() int {
 
 // Close stops refilling and removes every waiting sandbox.
 func (p *Pool) Close() error {
+	p.mu.Lock()
 	p.cancel()
+	p.mu.Unlock()
 	p.wg.Wait()
 	p.mu.Lock()
 	ready := p.ready

@@ -25,6 +25,7 @@ type fakeSandbox struct {
 	spec   sandbox.Spec
 	mu     sync.Mutex
 	closed bool
+	hold   chan struct{} // if set, Exec waits for it to close
 }
 
 func (f *fakeRuntime) Name() string { return "fake" }
@@ -45,7 +46,16 @@ func (f *fakeRuntime) Create(_ context.Context, spec sandbox.Spec) (sandbox.Sand
 }
 
 func (s *fakeSandbox) Exec(context.Context, sandbox.Call) (sandbox.Result, error) {
+	if s.hold != nil {
+		<-s.hold
+	}
 	return sandbox.Result{}, nil
+}
+
+func (f *fakeRuntime) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.created)
 }
 
 func (s *fakeSandbox) Close(context.Context) error {
@@ -78,6 +88,7 @@ func newPool(t *testing.T, rt *fakeRuntime, env map[string]string) *Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.refillAfter = time.Hour // only the handed-out sandbox's first call or close starts a replacement
 	t.Cleanup(func() { p.Close() })
 	return p
 }
@@ -100,12 +111,15 @@ func TestAWarmSandboxServesOneFreshSessionAndIsReplaced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sb.(*fakeSandbox).n != 1 {
-		t.Fatalf("got sandbox %d, want the warm one", sb.(*fakeSandbox).n)
+	if sb.(*handed).Sandbox.(*fakeSandbox).n != 1 {
+		t.Fatalf("got sandbox %v, want the warm one", sb)
 	}
 	// The warm sandbox's workspace is now the session's.
 	if b, err := os.ReadFile(filepath.Join(ws, ".sandbox")); err != nil || string(b) != "1" {
 		t.Fatalf("session workspace marker = %q, %v", b, err)
+	}
+	if _, err := sb.Exec(context.Background(), sandbox.Call{Tool: "bash"}); err != nil {
+		t.Fatal(err)
 	}
 	waitReady(t, p, 1)
 	ws2 := sessionDir(t)
@@ -166,5 +180,50 @@ func TestPoolRetriesAFailedStartAndCloseRemovesWaitingSandboxes(t *testing.T) {
 		if _, err := os.Stat(sb.spec.Workspace); !os.IsNotExist(err) {
 			t.Errorf("warm workspace %s left behind", sb.spec.Workspace)
 		}
+	}
+}
+
+// The replacement for a handed-out sandbox starts once that sandbox's first
+// call has returned (or it is closed), not while the call runs.
+func TestReplacementWaitsForTheFirstCall(t *testing.T) {
+	for _, end := range []string{"Exec", "Close"} {
+		t.Run(end, func(t *testing.T) {
+			rt := &fakeRuntime{}
+			p := newPool(t, rt, nil)
+			waitReady(t, p, 1)
+			sb, err := p.Create(context.Background(), sandbox.Spec{SessionID: "sesn_1", Workspace: sessionDir(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fake := sb.(*handed).Sandbox.(*fakeSandbox)
+			fake.hold = make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				if end == "Exec" {
+					_, _ = sb.Exec(context.Background(), sandbox.Call{Tool: "bash"})
+				} else {
+					_ = sb.Close(context.Background())
+				}
+			}()
+			if end == "Exec" {
+				time.Sleep(50 * time.Millisecond)
+				if n := rt.count(); n != 1 {
+					t.Fatalf("%d sandboxes created while the first call ran; the replacement must wait for it", n)
+				}
+			}
+			close(fake.hold)
+			<-done
+			waitReady(t, p, 1)
+			if n := rt.count(); n != 2 {
+				t.Fatalf("%d sandboxes created, want the warm one and its replacement", n)
+			}
+			// Later calls start nothing more.
+			_, _ = sb.Exec(context.Background(), sandbox.Call{Tool: "bash"})
+			_ = sb.Close(context.Background())
+			if n := rt.count(); n != 2 {
+				t.Fatalf("%d sandboxes created after more calls, want 2", n)
+			}
+		})
 	}
 }
