@@ -114,6 +114,13 @@ type Call struct {
 // /bin/sh -c in the workspace, the stdin string on its standard input.
 const ToolCommand = "perimeter.command"
 
+// ToolConfigure is the sandboxd tool that gives a sandbox started before its
+// session (a warm one) the session's environment: input {"env": {"NAME":
+// "value"}} sets each variable for every command run from then on,
+// exported in the persistent shell too. The supervisor calls it once, before
+// the session's first call; it is never exposed to a model.
+const ToolConfigure = "perimeter.configure"
+
 // Result is what a tool produced. IsError marks a tool failure the model
 // should see as such (a non-zero exit, a missing file); it is not an RPC
 // failure.

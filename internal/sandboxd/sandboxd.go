@@ -84,6 +84,13 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opts Options) error
 	})
 	tools = append(tools, &commandTool{workdir: workdir, env: env})
 	defer agenttoolset.CloseAll(tools)
+	configure := &configureTool{env: env}
+	for _, t := range tools {
+		if t.Name() == "bash" {
+			configure.bash = t
+		}
+	}
+	tools = append(tools, configure)
 
 	ctx, cancelAll := context.WithCancel(ctx)
 	defer cancelAll()
@@ -269,13 +276,7 @@ func (s *server) exec(ctx context.Context, call sandbox.Call) (res sandbox.Resul
 	if err != nil {
 		return sandbox.Result{Text: err.Error(), IsError: true}
 	}
-	var b strings.Builder
-	for _, bl := range blocks {
-		if bl.OfText != nil {
-			b.WriteString(bl.OfText.Text)
-		}
-	}
-	return sandbox.Result{Text: b.String()}
+	return sandbox.Result{Text: resultText(blocks)}
 }
 
 func (s *server) answer(id uint64, r sandbox.Result) {

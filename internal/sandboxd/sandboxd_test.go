@@ -385,3 +385,62 @@ func wantResult(text string, isError bool) func(t *testing.T, r sandbox.Result) 
 		}
 	}
 }
+
+// perimeter.configure adds variables for every command from then on: in
+// the persistent shell that already runs, in a restarted one, and in custom
+// commands. Values are taken literally.
+func TestConfigureSetsTheEnvironmentOfLaterCommands(t *testing.T) {
+	s := start(t, sandboxd.Options{Env: map[string]string{"PATH": "/usr/bin:/bin"}})
+	s.hello(t)
+	s.exec(t, 1, "bash", map[string]string{"command": "echo before=$TOKEN"})
+	if got := s.output(t); got != "before=" {
+		t.Fatalf("before: %q", got)
+	}
+	value := `perimeter-secret:gh:x'y"$(touch pwned) \n`
+	s.exec(t, 2, sandbox.ToolConfigure, map[string]any{"env": map[string]string{"TOKEN": value, "HTTPS_PROXY": "http://127.0.0.1:3128"}})
+	if got := s.response(t); got.Result == nil || got.Result.IsError {
+		t.Fatalf("configure: %+v", got)
+	}
+	s.exec(t, 3, "bash", map[string]string{"command": `printf '%s|%s' "$TOKEN" "$HTTPS_PROXY"`})
+	want := value + "|http://127.0.0.1:3128"
+	if got := s.output(t); got != want {
+		t.Fatalf("running shell: %q, want %q", got, want)
+	}
+	s.exec(t, 4, "bash", map[string]any{"restart": true, "command": `printf '%s' "$TOKEN"`})
+	if got := s.output(t); got != value {
+		t.Fatalf("restarted shell: %q", got)
+	}
+	s.exec(t, 5, sandbox.ToolCommand, map[string]string{"command": `printf '%s' "$TOKEN"`})
+	if got := s.output(t); got != value {
+		t.Fatalf("custom command: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(s.workdir, "pwned")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a value was run as a command (%v)", err)
+	}
+}
+
+func TestConfigureRefusesInvalidNames(t *testing.T) {
+	s := start(t, sandboxd.Options{Env: map[string]string{"PATH": "/usr/bin:/bin"}})
+	s.hello(t)
+	for i, name := range []string{"", "1X", "A-B", "A B", "X;touch /tmp/p"} {
+		s.exec(t, i+1, sandbox.ToolConfigure, map[string]any{"env": map[string]string{name: "v"}})
+		if got := s.response(t); got.Result == nil || !got.Result.IsError || !strings.Contains(got.Result.Text, "not a valid variable") {
+			t.Errorf("name %q: %+v, want a refusal", name, got)
+		}
+	}
+	s.exec(t, 9, "bash", map[string]string{"command": "env | grep -c =v$ || true"})
+	if got := s.output(t); got != "0" {
+		t.Fatalf("a refused variable was set: %q", got)
+	}
+}
+
+// output is the text of the next response, which must be a successful
+// result, without the trailing newlines the shell leaves.
+func (s *server) output(t *testing.T) string {
+	t.Helper()
+	got := s.response(t)
+	if got.Result == nil || got.Result.IsError {
+		t.Fatalf("response %+v is not a successful result", got)
+	}
+	return strings.TrimRight(got.Result.Text, "\n")
+}
