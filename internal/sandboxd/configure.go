@@ -74,7 +74,7 @@ func (t *configureTool) Execute(ctx context.Context, raw json.RawMessage) ([]ant
 	return text(fmt.Sprintf("set %s", strings.Join(names, " "))), nil
 }
 
-// shellQuote quotes s for bash: single quotes, each ' written as '\''.
+// shellQuote quotes s for bash: single quotes, each ' written as '\”.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
