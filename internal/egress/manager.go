@@ -146,10 +146,13 @@ type Session struct {
 	// placeholders.
 	Env map[string]string
 
-	proxy *Proxy
-	dir   string
-	done  chan struct{}
-	once  sync.Once
+	proxy  *Proxy
+	dir    string
+	done   chan struct{}
+	mu     sync.Mutex     // guards closed, and served.Add against Close
+	closed bool           // Close has begun
+	served sync.WaitGroup // listeners given to serve
+	once   sync.Once
 }
 
 // SessionOptions are the per-session hooks of a proxy.
@@ -161,9 +164,7 @@ type SessionOptions struct {
 
 // Open starts the proxy of one session. Close the Session when the session
 // ends. When the config allows nothing (no rules, no credentials) it starts
-// none and returns nil: the sandbox then has no network at all, and a
-// sandbox from a warm pool (which cannot have a proxy mounted) may serve
-// the session.
+// none and returns nil: the sandbox then has no network at all.
 func (m *Manager) Open(o SessionOptions) (*Session, error) {
 	cfg := m.opts.Config()
 	if len(cfg.Rules) == 0 && len(cfg.Credentials) == 0 {
@@ -191,8 +192,8 @@ func (m *Manager) Open(o SessionOptions) (*Session, error) {
 		p.Close()
 		return nil, fmt.Errorf("egress: %w", err)
 	}
-	s := &Session{proxy: p, dir: dir, done: make(chan struct{}),
-		Sandbox: &sandbox.Egress{Socket: filepath.Join(dir, "egress.sock"), CABundle: filepath.Join(dir, "ca.pem")}}
+	s := &Session{proxy: p, dir: dir, done: make(chan struct{})}
+	s.Sandbox = &sandbox.Egress{Socket: filepath.Join(dir, "egress.sock"), CABundle: filepath.Join(dir, "ca.pem"), Serve: s.serve}
 	fail := func(err error) (*Session, error) {
 		p.Close()
 		os.RemoveAll(dir)
@@ -230,13 +231,33 @@ func (m *Manager) Open(o SessionOptions) (*Session, error) {
 	return s, nil
 }
 
+// serve has the proxy accept connections on l too (see
+// [sandbox.Egress]); Close closes it.
+func (s *Session) serve(l net.Listener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		l.Close()
+		return
+	}
+	s.served.Add(1)
+	go func() {
+		defer s.served.Done()
+		_ = s.proxy.Serve(l)
+	}()
+}
+
 // Close stops the proxy, waits for its requests to end and removes the
 // socket and CA bundle.
 func (s *Session) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
 		err = s.proxy.Close()
 		<-s.done
+		s.served.Wait()
 		if rerr := os.RemoveAll(s.dir); err == nil {
 			err = rerr
 		}

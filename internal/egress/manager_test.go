@@ -234,3 +234,66 @@ func shortDir(t *testing.T) string {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// A session's proxy also serves a listener handed to Sandbox.Serve (the
+// socket a warm sandbox was started with) until the session closes; one
+// handed over after Close is closed at once.
+func TestSessionServesAHandedOverListener(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "Bearer real-value-123" {
+			io.WriteString(w, "the real value arrived")
+		}
+	}))
+	defer up.Close()
+	_, port, _ := net.SplitHostPort(up.Listener.Addr().String())
+	portN, _ := strconv.Atoi(port)
+	m, err := NewManager(ManagerOptions{
+		Dir: filepath.Join(shortDir(t), "egress"),
+		Config: func() Config {
+			return Config{
+				Rules:       []Rule{{Name: "api", Hosts: []string{"api.test"}, Ports: []int{portN}, AllowPrivate: true}},
+				Credentials: []EnvCredential{{Credential: Credential{Name: "token", Hosts: []string{"api.test"}}, Env: "API_TOKEN"}},
+			}
+		},
+		Secrets:  managerSecrets{"token": "real-value-123"},
+		Resolver: toLoopback{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := m.Open(SessionOptions{SessionID: "sesn_1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm := filepath.Join(shortDir(t), "warm.sock")
+	l, err := net.Listen("unix", warm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Sandbox.Serve(l)
+	req, _ := http.NewRequest("GET", "http://api.test:"+port+"/x", nil)
+	req.Header.Set("Authorization", "Bearer "+s.Env["API_TOKEN"])
+	resp, err := viaSocket(warm).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "the real value arrived" {
+		t.Fatalf("through the handed-over socket: %d %q", resp.StatusCode, body)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := viaSocket(warm).Get("http://api.test:" + port + "/x"); err == nil {
+		t.Error("the handed-over socket still answers after Close")
+	}
+	late, err := net.Listen("unix", filepath.Join(shortDir(t), "late.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Sandbox.Serve(late)
+	if _, err := late.Accept(); err == nil {
+		t.Error("a listener handed over after Close is still open")
+	}
+}

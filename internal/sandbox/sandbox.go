@@ -18,6 +18,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"time"
 )
 
@@ -50,6 +51,11 @@ type Spec struct {
 type Egress struct {
 	Socket   string
 	CABundle string
+	// Serve, when set, has the proxy also accept connections on l, a
+	// listener of the caller's, until the proxy stops: a sandbox started
+	// before its session (a warm one) has a socket of its own mounted,
+	// which the session's proxy then serves. l is the proxy's from then on.
+	Serve func(l net.Listener)
 }
 
 // Where a sandbox finds its egress proxy and the certificates it trusts.
