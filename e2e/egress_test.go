@@ -25,10 +25,16 @@ import (
 // real value; the sandbox, the model (every event of the session), the
 // worker's logs and its exported spans never contain it.
 func TestCanarySecretReachesOnlyItsUpstream(t *testing.T) {
-	onIsolatingRuntimes(t, testCanary)
+	onIsolatingRuntimes(t, func(t *testing.T, runtime string) { testCanary(t, runtime, false) })
 }
 
-func testCanary(t *testing.T, runtime string) {
+// TestCanaryInAWarmSandbox runs the same scenario in a sandbox from a warm
+// pool, started before the session and its proxy.
+func TestCanaryInAWarmSandbox(t *testing.T) {
+	onIsolatingRuntimes(t, func(t *testing.T, runtime string) { testCanary(t, runtime, true) })
+}
+
+func testCanary(t *testing.T, runtime string, warm bool) {
 	canary := "canary-e2e-" + fmt.Sprint(time.Now().UnixNano())
 
 	var mu sync.Mutex
@@ -62,9 +68,14 @@ egress:
       env: CANARY_TOKEN
       hosts: [127.0.0.1]
 `)
+	pool := "0"
+	if warm {
+		pool = "1"
+	}
 	cfg := filepath.Join(dir, "worker.yaml")
 	writeFile(t, cfg, `version: 1
 sandbox:
+  warm_pool: `+pool+`
   env:
     UPSTREAM_URL: https://127.0.0.1:`+port+`/echo
 secrets:
@@ -88,6 +99,9 @@ secrets:
 		"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 	}, "--config", cfg, "--policy", policy, "--runtime", runtime, "--tool-timeout", "200s",
 		"--worker-id", "e2e-canary-"+filepathBase(state))
+	if warm {
+		waitFor(t, "a warm sandbox", func() bool { return strings.Contains(w.out.String(), `msg="warm sandbox ready"`) })
+	}
 	id := newSession(t, op, "e2e-canary")
 	waitPassed(t, op, id)
 	w.signal(sigterm)
@@ -109,6 +123,9 @@ secrets:
 	logs := w.out.String()
 	if strings.Contains(logs, canary) {
 		t.Error("the worker's log contains the real value")
+	}
+	if handed := strings.Contains(logs, `msg="handed out a warm sandbox"`); handed != warm {
+		t.Errorf("a warm sandbox handed out: %v, want %v", handed, warm)
 	}
 	for _, want := range []string{`msg="egress request"`, `credentials=[canary]`, `msg="egress blocked"`, `host=blocked.example.org`} {
 		if !strings.Contains(logs, want) {

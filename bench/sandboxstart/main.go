@@ -220,7 +220,7 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 	var pl *pool.Pool
 	var handed atomic.Int64
 	if pooled {
-		pl, err = pool.New(rt, pool.Options{Size: poolSize, Dir: filepath.Join(state, "pool"), Env: worker.SandboxEnv(nil),
+		pl, err = pool.New(rt, pool.Options{Size: poolSize, Dir: filepath.Join(state, "pool"), Env: worker.SandboxEnv(nil), Egress: true,
 			Logger: slog.New(countHandler{msg: "handed out a warm sandbox", n: &handed})})
 		if err != nil {
 			r.skipped = oneLine(err)

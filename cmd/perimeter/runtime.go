@@ -122,7 +122,7 @@ func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*r
 		default:
 			p, err := pool.New(s.rt, pool.Options{
 				Size: sc.WarmPool, Dir: filepath.Join(cfg.Worker.StateDir, "pool"),
-				Env: worker.SandboxEnv(sc.Env), Limits: limits(sc.Limits), Logger: log,
+				Env: worker.SandboxEnv(sc.Env), Limits: limits(sc.Limits), Egress: true, Logger: log,
 			})
 			if err != nil {
 				s.Close()

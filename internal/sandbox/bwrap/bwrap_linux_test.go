@@ -868,3 +868,12 @@ func TestBwrapSandboxReachesItsEgressProxyThroughTheBridge(t *testing.T) {
 		t.Errorf("a direct connection left the sandbox: %+v", res)
 	}
 }
+
+func TestBwrapWarmPoolEgress(t *testing.T) {
+	needPython(t)
+	dir, err := os.MkdirTemp(sharedDir, "egress-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sandboxtest.RunEgressWarm(t, searchable{newRuntime(t, bwrap.Options{})}, sandboxtest.EgressOptions{Dir: dir})
+}

@@ -163,6 +163,14 @@ func TestDockerRunscEgress(t *testing.T) {
 	sandboxtest.RunEgress(t, newRuntime(t, "runsc"), sandboxtest.EgressOptions{})
 }
 
+func TestDockerRuncWarmPoolEgress(t *testing.T) {
+	sandboxtest.RunEgressWarm(t, newRuntime(t, "runc"), sandboxtest.EgressOptions{})
+}
+
+func TestDockerRunscWarmPoolEgress(t *testing.T) {
+	sandboxtest.RunEgressWarm(t, newRuntime(t, "runsc"), sandboxtest.EgressOptions{})
+}
+
 func TestNameSaysTheOCIRuntime(t *testing.T) {
 	for oci, want := range map[string]string{"": "docker", "runc": "docker", "runsc": "docker-runsc"} {
 		rt, err := docker.New(docker.Options{Image: "sha256:" + strings.Repeat("0", 64), OCIRuntime: oci, Binary: "/bin/sh"})

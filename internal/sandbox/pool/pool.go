@@ -9,20 +9,31 @@
 // to the pool; a replacement starts in the background once the session's
 // first call has its answer (see refillAfter).
 //
+// With Options.Egress, each warm sandbox also starts with an egress socket
+// and CA bundle of its own mounted (see [sandbox.Egress]): the pool listens
+// on the socket, and a session with an egress proxy takes it over. At the
+// hand-over the pool writes the session's CA bundle into the mounted file,
+// gives the listener to the session's proxy, and sets the variables the
+// session adds to the pool's environment (the proxy's, the credentials'
+// placeholders) through sandboxd ([sandbox.ToolConfigure]). A session
+// without a proxy gets the socket closed: nothing answers on it.
+//
 // Only backends that mount the workspace at a fixed path inside the sandbox
 // (docker, bwrap) can be pooled. A session that already has files (a
-// re-claimed or resumed session) or a different environment gets a cold
-// sandbox, so nothing of one session can ever reach another.
+// re-claimed or resumed session), an environment without one of the
+// pool's variables, or other limits gets a cold sandbox, so nothing of one
+// session can ever reach another.
 package pool
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -38,10 +49,15 @@ type Options struct {
 	// Dir holds the warm sandboxes' workspaces; it must be on the same
 	// file system as the session workspaces (a rename moves them).
 	Dir string
-	// Env and Limits are what warm sandboxes start with; a session whose
-	// spec differs gets a cold sandbox.
+	// Env and Limits are what warm sandboxes start with. A session whose
+	// limits differ, or whose environment lacks one of Env's variables,
+	// gets a cold sandbox; variables it adds or changes are set at the
+	// hand-over.
 	Env    map[string]string
 	Limits sandbox.Limits
+	// Egress starts warm sandboxes with an egress socket and CA bundle
+	// mounted, so that sessions with an egress proxy can take them.
+	Egress bool
 	// Logger; nil = slog.Default().
 	Logger *slog.Logger
 }
@@ -70,9 +86,23 @@ type Pool struct {
 const refillAfter = time.Second
 
 type warm struct {
-	sb  sandbox.Sandbox
-	dir string
+	sb   sandbox.Sandbox
+	dir  string
+	slot *slot // with Options.Egress
 }
+
+// slot is a warm sandbox's egress socket and CA bundle, in a directory of
+// their own.
+type slot struct {
+	dir string
+	l   net.Listener // on dir/egress.sock until handed to a proxy
+}
+
+func (s *slot) socket() string { return filepath.Join(s.dir, "egress.sock") }
+func (s *slot) bundle() string { return filepath.Join(s.dir, "ca.pem") }
+
+// maxSocketPath is the longest unix socket path Linux accepts.
+const maxSocketPath = 107
 
 var _ sandbox.Runtime = (*Pool)(nil)
 
@@ -92,6 +122,12 @@ func New(rt sandbox.Runtime, opts Options) (*Pool, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// egress-<16 hex>/egress.sock under Dir.
+	if opts.Egress && len(filepath.Join(opts.Dir, "egress-0123456789abcdef", "egress.sock")) > maxSocketPath {
+		opts.Logger.Warn("warm sandboxes start without an egress socket: the pool directory is too long for a unix socket path; sessions with an egress proxy get cold sandboxes (a shorter worker.state_dir fixes this)",
+			slog.String("dir", opts.Dir))
+		opts.Egress = false
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{rt: rt, opts: opts, log: opts.Logger.With(slog.String("component", "warm-pool"), slog.String("runtime", rt.Name())),
 		ctx: ctx, cancel: cancel, refillAfter: refillAfter}
@@ -107,8 +143,8 @@ func (p *Pool) Name() string { return p.rt.Name() }
 // Create hands spec's session a warm sandbox when it can, else a cold one.
 func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	if !p.fits(spec) {
-		if spec.Egress != nil {
-			p.log.Info("starting a cold sandbox: warm sandboxes have no egress proxy mounted, and this session's policy allows egress", slog.String("session_id", spec.SessionID))
+		if spec.Egress != nil && !p.opts.Egress {
+			p.log.Info("starting a cold sandbox: warm sandboxes have no egress socket mounted, and this session's policy allows egress", slog.String("session_id", spec.SessionID))
 		}
 		return p.rt.Create(ctx, spec)
 	}
@@ -118,15 +154,8 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 	}
 	h := &handed{Sandbox: w.sb, refill: p.refill}
 	h.timer = time.AfterFunc(p.refillAfter, h.replace)
-	// The session's workspace is an empty directory the worker made; the
-	// warm one takes its place.
-	if err := os.Remove(spec.Workspace); err != nil && !os.IsNotExist(err) {
-		h.replace()
-		p.discard(w)
-		return p.rt.Create(ctx, spec)
-	}
-	if err := os.Rename(w.dir, spec.Workspace); err != nil {
-		p.log.Warn("could not hand over a warm workspace; starting a cold sandbox", slog.Any("error", err))
+	cold := func(why string, err error) (sandbox.Sandbox, error) {
+		p.log.Warn(why+"; starting a cold sandbox", slog.String("session_id", spec.SessionID), slog.Any("error", err))
 		h.replace()
 		p.discard(w)
 		if err := os.MkdirAll(spec.Workspace, 0o700); err != nil {
@@ -134,8 +163,75 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 		}
 		return p.rt.Create(ctx, spec)
 	}
+	if w.slot != nil && spec.Egress != nil {
+		// In place: the sandbox has this file (its inode) mounted.
+		bundle, err := os.ReadFile(spec.Egress.CABundle)
+		if err == nil {
+			err = os.WriteFile(w.slot.bundle(), bundle, 0o644)
+		}
+		if err != nil {
+			return cold("could not give a warm sandbox the session's CA bundle", err)
+		}
+	}
+	if env := added(spec.Env, p.opts.Env); len(env) > 0 {
+		input, _ := json.Marshal(map[string]any{"env": env})
+		res, err := w.sb.Exec(ctx, sandbox.Call{Tool: sandbox.ToolConfigure, Input: input})
+		if err == nil && res.IsError {
+			err = errors.New(res.Text)
+		}
+		if err != nil {
+			return cold("could not set the session's environment in a warm sandbox", err)
+		}
+	}
+	// The session's workspace is an empty directory the worker made; the
+	// warm one takes its place.
+	if err := os.Remove(spec.Workspace); err != nil && !os.IsNotExist(err) {
+		return cold("could not hand over a warm workspace", err)
+	}
+	if err := os.Rename(w.dir, spec.Workspace); err != nil {
+		return cold("could not hand over a warm workspace", err)
+	}
+	if w.slot != nil {
+		if spec.Egress != nil {
+			spec.Egress.Serve(w.slot.l)
+		} else {
+			_ = w.slot.l.Close()
+		}
+		h.cleanup = func() { _ = os.RemoveAll(w.slot.dir) }
+	}
 	p.log.Info("handed out a warm sandbox", slog.String("session_id", spec.SessionID))
 	return h, nil
+}
+
+// fits reports whether a warm sandbox can serve spec: a fresh session (an
+// empty workspace) with the pool's limits and at least the pool's
+// environment, and either no egress proxy or warm sandboxes with a socket
+// for one (to which the proxy must accept a listener).
+func (p *Pool) fits(spec sandbox.Spec) bool {
+	if spec.Egress != nil && (!p.opts.Egress || spec.Egress.Serve == nil) {
+		return false
+	}
+	for k := range p.opts.Env {
+		if _, ok := spec.Env[k]; !ok {
+			return false // a running shell cannot be made to forget it
+		}
+	}
+	if spec.Limits.OrDefault() != p.opts.Limits.OrDefault() {
+		return false
+	}
+	entries, err := os.ReadDir(spec.Workspace)
+	return err == nil && len(entries) == 0
+}
+
+// added is what env adds to or changes in base.
+func added(env, base map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range env {
+		if w, ok := base[k]; !ok || w != v {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // handed is a warm sandbox given to a session. Its replacement starts when
@@ -143,9 +239,10 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 // whichever comes first.
 type handed struct {
 	sandbox.Sandbox
-	refill func()
-	timer  *time.Timer
-	once   sync.Once
+	refill  func()
+	timer   *time.Timer
+	once    sync.Once
+	cleanup func() // after Close: removes the egress slot, if any
 }
 
 func (h *handed) replace() {
@@ -163,18 +260,11 @@ func (h *handed) Exec(ctx context.Context, call sandbox.Call) (sandbox.Result, e
 
 func (h *handed) Close(ctx context.Context) error {
 	h.replace()
-	return h.Sandbox.Close(ctx)
-}
-
-// fits reports whether a warm sandbox can serve spec: a fresh session (an
-// empty workspace) with the pool's environment and limits, and no egress
-// proxy (its mounts are made when a sandbox starts).
-func (p *Pool) fits(spec sandbox.Spec) bool {
-	if spec.Egress != nil || !maps.Equal(spec.Env, p.opts.Env) || spec.Limits.OrDefault() != p.opts.Limits.OrDefault() {
-		return false
+	err := h.Sandbox.Close(ctx)
+	if h.cleanup != nil {
+		h.cleanup()
 	}
-	entries, err := os.ReadDir(spec.Workspace)
-	return err == nil && len(entries) == 0
+	return err
 }
 
 // take removes a warm sandbox, if one is ready.
@@ -229,23 +319,69 @@ func (p *Pool) refill() {
 func (p *Pool) start() (warm, error) {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
-	dir := filepath.Join(p.opts.Dir, "warm-"+hex.EncodeToString(b))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	id := hex.EncodeToString(b)
+	w := warm{dir: filepath.Join(p.opts.Dir, "warm-"+id)}
+	if err := os.MkdirAll(w.dir, 0o700); err != nil {
 		return warm{}, err
 	}
-	sb, err := p.rt.Create(p.ctx, sandbox.Spec{Workspace: dir, Env: p.opts.Env, Limits: p.opts.Limits})
+	spec := sandbox.Spec{Workspace: w.dir, Env: p.opts.Env, Limits: p.opts.Limits}
+	if p.opts.Egress {
+		sl, err := newSlot(filepath.Join(p.opts.Dir, "egress-"+id))
+		if err != nil {
+			os.RemoveAll(w.dir)
+			return warm{}, err
+		}
+		w.slot = sl
+		spec.Egress = &sandbox.Egress{Socket: sl.socket(), CABundle: sl.bundle()}
+	}
+	sb, err := p.rt.Create(p.ctx, spec)
 	if err != nil {
-		os.RemoveAll(dir)
+		p.remove(w)
 		return warm{}, err
 	}
-	return warm{sb: sb, dir: dir}, nil
+	w.sb = sb
+	return w, nil
+}
+
+// newSlot makes an egress slot: a directory any uid may search (a sandbox
+// may run as one of its own), an empty CA bundle until a session's, and
+// the pool's listener on the socket, which any uid may connect to.
+func newSlot(dir string) (*slot, error) {
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		return nil, err
+	}
+	sl := &slot{dir: dir}
+	err := os.WriteFile(sl.bundle(), nil, 0o644)
+	if err == nil {
+		sl.l, err = net.Listen("unix", sl.socket())
+	}
+	if err == nil {
+		err = os.Chmod(sl.socket(), 0o666)
+	}
+	if err != nil {
+		if sl.l != nil {
+			sl.l.Close()
+		}
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("egress socket of a warm sandbox: %w", err)
+	}
+	return sl, nil
 }
 
 func (p *Pool) discard(w warm) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = w.sb.Close(ctx)
+	p.remove(w)
+}
+
+// remove removes a warm sandbox's directories and closes its listener.
+func (p *Pool) remove(w warm) {
 	_ = os.RemoveAll(w.dir)
+	if w.slot != nil {
+		_ = w.slot.l.Close()
+		_ = os.RemoveAll(w.slot.dir)
+	}
 }
 
 // Ready is how many warm sandboxes are waiting.

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -15,17 +16,20 @@ import (
 // fakeRuntime records the sandboxes it creates. Each writes a marker file
 // into its workspace, as a real sandbox's mount would show it.
 type fakeRuntime struct {
-	mu        sync.Mutex
-	created   []*fakeSandbox
-	failFirst int
+	mu            sync.Mutex
+	created       []*fakeSandbox
+	failFirst     int
+	failConfigure bool
 }
 
 type fakeSandbox struct {
-	n      int
-	spec   sandbox.Spec
-	mu     sync.Mutex
-	closed bool
-	hold   chan struct{} // if set, Exec waits for it to close
+	n             int
+	spec          sandbox.Spec
+	failConfigure bool
+	mu            sync.Mutex
+	closed        bool
+	calls         []sandbox.Call
+	hold          chan struct{} // if set, Exec waits for it to close
 }
 
 func (f *fakeRuntime) Name() string { return "fake" }
@@ -37,7 +41,7 @@ func (f *fakeRuntime) Create(_ context.Context, spec sandbox.Spec) (sandbox.Sand
 		f.failFirst--
 		return nil, errors.New("engine busy")
 	}
-	sb := &fakeSandbox{n: len(f.created) + 1, spec: spec}
+	sb := &fakeSandbox{n: len(f.created) + 1, spec: spec, failConfigure: f.failConfigure}
 	f.created = append(f.created, sb)
 	if err := os.WriteFile(filepath.Join(spec.Workspace, ".sandbox"), []byte{byte('0' + sb.n)}, 0o600); err != nil {
 		return nil, err
@@ -45,9 +49,15 @@ func (f *fakeRuntime) Create(_ context.Context, spec sandbox.Spec) (sandbox.Sand
 	return sb, nil
 }
 
-func (s *fakeSandbox) Exec(context.Context, sandbox.Call) (sandbox.Result, error) {
+func (s *fakeSandbox) Exec(_ context.Context, call sandbox.Call) (sandbox.Result, error) {
 	if s.hold != nil {
 		<-s.hold
+	}
+	s.mu.Lock()
+	s.calls = append(s.calls, call)
+	s.mu.Unlock()
+	if call.Tool == sandbox.ToolConfigure && s.failConfigure {
+		return sandbox.Result{Text: "no", IsError: true}, nil
 	}
 	return sandbox.Result{}, nil
 }
@@ -134,12 +144,16 @@ func TestAWarmSandboxServesOneFreshSessionAndIsReplaced(t *testing.T) {
 
 func TestSessionsAWarmSandboxCannotServeGetAColdOne(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		env   map[string]string
-		files bool
+		name   string
+		env    map[string]string
+		files  bool
+		limits sandbox.Limits
+		egress bool
 	}{
-		{"WorkspaceHasFiles", map[string]string{"A": "1"}, true},
-		{"DifferentEnvironment", map[string]string{"A": "2"}, false},
+		{name: "WorkspaceHasFiles", env: map[string]string{"A": "1"}, files: true},
+		{name: "LacksAPoolVariable", env: map[string]string{"B": "1"}},
+		{name: "OtherLimits", env: map[string]string{"A": "1"}, limits: sandbox.Limits{PIDs: 7}},
+		{name: "EgressWithoutWarmSockets", env: map[string]string{"A": "1"}, egress: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rt := &fakeRuntime{}
@@ -149,7 +163,11 @@ func TestSessionsAWarmSandboxCannotServeGetAColdOne(t *testing.T) {
 			if tc.files {
 				os.WriteFile(filepath.Join(ws, "notes.txt"), []byte("mine"), 0o600)
 			}
-			sb, err := p.Create(context.Background(), sandbox.Spec{Workspace: ws, Env: tc.env})
+			spec := sandbox.Spec{Workspace: ws, Env: tc.env, Limits: tc.limits}
+			if tc.egress {
+				spec.Egress = &sandbox.Egress{Socket: "/nonexistent", CABundle: "/nonexistent", Serve: func(net.Listener) {}}
+			}
+			sb, err := p.Create(context.Background(), spec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -161,6 +179,129 @@ func TestSessionsAWarmSandboxCannotServeGetAColdOne(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A session that adds variables to the pool's environment, or changes
+// them, gets a warm sandbox with them set through sandboxd before the
+// hand-over.
+func TestAWarmSandboxTakesTheSessionsEnvironment(t *testing.T) {
+	rt := &fakeRuntime{}
+	p := newPool(t, rt, map[string]string{"A": "1", "PATH": "/bin"})
+	waitReady(t, p, 1)
+	sb, err := p.Create(context.Background(), sandbox.Spec{Workspace: sessionDir(t), Env: map[string]string{"A": "2", "B": "3", "PATH": "/bin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := sb.(*handed).Sandbox.(*fakeSandbox)
+	if len(fake.calls) != 1 || fake.calls[0].Tool != sandbox.ToolConfigure || string(fake.calls[0].Input) != `{"env":{"A":"2","B":"3"}}` {
+		t.Fatalf("calls before the hand-over: %+v, want one %s of A and B", fake.calls, sandbox.ToolConfigure)
+	}
+}
+
+// A warm sandbox that cannot take the session's environment is removed,
+// and the session gets a cold one.
+func TestAWarmSandboxThatCannotBeConfiguredIsReplacedByAColdOne(t *testing.T) {
+	rt := &fakeRuntime{failConfigure: true}
+	p := newPool(t, rt, nil)
+	waitReady(t, p, 1)
+	ws := sessionDir(t)
+	sb, err := p.Create(context.Background(), sandbox.Spec{Workspace: ws, Env: map[string]string{"B": "3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sb.(*fakeSandbox); got.n == 1 || got.spec.Workspace != ws {
+		t.Fatalf("got sandbox %d on %s; want a cold one on the session's workspace", got.n, got.spec.Workspace)
+	}
+	if !rt.created[0].isClosed() {
+		t.Error("the warm sandbox that failed was left running")
+	}
+}
+
+// With Egress, warm sandboxes start with a socket the pool listens on and
+// an empty CA bundle. A session with a proxy gets the listener handed to
+// its proxy and its bundle written into the very file the sandbox has
+// mounted; a session without one gets the socket closed. Closing the
+// sandbox removes them.
+func TestWarmSandboxesServeEgressSessions(t *testing.T) {
+	for _, withProxy := range []bool{true, false} {
+		t.Run(map[bool]string{true: "SessionWithProxy", false: "SessionWithoutProxy"}[withProxy], func(t *testing.T) {
+			rt := &fakeRuntime{}
+			p, err := New(rt, Options{Size: 1, Dir: filepath.Join(shortDir(t), "pool"), Egress: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Close() })
+			p.refillAfter = time.Hour
+			waitReady(t, p, 1)
+			warm := rt.created[0].spec.Egress
+			if warm == nil {
+				t.Fatal("the warm sandbox was started without an egress socket")
+			}
+			mounted, err := os.Stat(warm.CABundle)
+			if err != nil || mounted.Size() != 0 {
+				t.Fatalf("warm CA bundle: %v, %v; want an empty file", mounted, err)
+			}
+
+			spec := sandbox.Spec{Workspace: sessionDir(t)}
+			accepted := make(chan net.Conn, 1)
+			if withProxy {
+				bundle := filepath.Join(t.TempDir(), "ca.pem")
+				os.WriteFile(bundle, []byte("SESSION CA"), 0o644)
+				spec.Egress = &sandbox.Egress{Socket: "/unused", CABundle: bundle, Serve: func(l net.Listener) {
+					go func() {
+						if c, err := l.Accept(); err == nil {
+							accepted <- c
+						}
+					}()
+				}}
+				spec.Env = map[string]string{"HTTPS_PROXY": "http://127.0.0.1:3128"}
+			}
+			sb, err := p.Create(context.Background(), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := sb.(*handed); !ok {
+				t.Fatalf("got %T, want the warm sandbox", sb)
+			}
+			c, dialErr := net.Dial("unix", warm.Socket)
+			if withProxy {
+				if dialErr != nil {
+					t.Fatalf("the warm sandbox's socket: %v", dialErr)
+				}
+				defer c.Close()
+				select {
+				case got := <-accepted:
+					got.Close()
+				case <-time.After(10 * time.Second):
+					t.Fatal("the session's proxy did not get the warm sandbox's connection")
+				}
+				now, err := os.Stat(warm.CABundle)
+				b, _ := os.ReadFile(warm.CABundle)
+				if err != nil || !os.SameFile(mounted, now) || string(b) != "SESSION CA" {
+					t.Errorf("CA bundle %q (same file as mounted: %v, %v); want the session's, in place", b, err == nil && os.SameFile(mounted, now), err)
+				}
+			} else if dialErr == nil {
+				c.Close()
+				t.Fatal("the warm socket of a session without a proxy accepts connections")
+			}
+			if err := sb.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(filepath.Dir(warm.Socket)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the egress slot outlived its sandbox: %v", err)
+			}
+		})
+	}
+}
+
+// shortDir is a temporary directory short enough for unix socket paths.
+func shortDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("/tmp", "pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func TestPoolRetriesAFailedStartAndCloseRemovesWaitingSandboxes(t *testing.T) {

@@ -12,10 +12,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/sandbox/pool"
 )
 
 // EgressOptions configure RunEgress.
@@ -158,14 +162,14 @@ func RunEgress(t *testing.T, rt sandbox.Runtime, opts EgressOptions) {
 			t.Errorf("closing the session's egress: %v", err)
 		}
 	})
-	env := allowList()
+	env := AllowList()
 	for k, v := range sess.Env {
 		env[k] = v
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	sb, err := rt.Create(ctx, sandbox.Spec{
-		SessionID: "sesn_egress", WorkID: "work_egress", Workspace: t.TempDir(),
+		SessionID: egressSessionID, WorkID: "work_egress", Workspace: t.TempDir(),
 		Env: env, Egress: sess.Sandbox,
 	})
 	if err != nil {
@@ -185,6 +189,65 @@ func RunEgress(t *testing.T, rt sandbox.Runtime, opts EgressOptions) {
 	t.Run("DNSLookupsFail", func(t *testing.T) { testDNS(t, b) })
 	t.Run("SandboxHoldsOnlyThePlaceholder", func(t *testing.T) { testOnlyPlaceholder(t, e, b) })
 }
+
+// RunEgressWarm runs the egress cases on a sandbox from a warm pool of rt:
+// the sandbox starts before the session, with the pool's socket and an
+// empty CA bundle mounted; at the hand-over the session's proxy takes over
+// the socket, its CA bundle is written into the mounted file, and its
+// variables (the proxy's, the placeholder) are set in the running sandbox.
+// Every case must hold as for a cold sandbox, and the session must get the
+// warm one.
+func RunEgressWarm(t *testing.T, rt sandbox.Runtime, opts EgressOptions) {
+	if opts.Dir == "" {
+		dir, err := os.MkdirTemp("", "perimeter-egress-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		opts.Dir = dir
+	}
+	rec := &creations{Runtime: rt}
+	p, err := pool.New(rec, pool.Options{Size: 1, Dir: filepath.Join(opts.Dir, "pool"), Env: AllowList(), Egress: true,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	deadline := time.Now().Add(2 * time.Minute)
+	for p.Ready() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no warm sandbox within two minutes", rt.Name())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	RunEgress(t, p, opts)
+	if rec.made(egressSessionID) {
+		t.Errorf("%s: the session got a cold sandbox, not the warm one", rt.Name())
+	}
+}
+
+// creations records the sessions a runtime created sandboxes for.
+type creations struct {
+	sandbox.Runtime
+	mu       sync.Mutex
+	sessions []string
+}
+
+func (c *creations) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	c.mu.Lock()
+	c.sessions = append(c.sessions, spec.SessionID)
+	c.mu.Unlock()
+	return c.Runtime.Create(ctx, spec)
+}
+
+func (c *creations) made(session string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Contains(c.sessions, session)
+}
+
+// egressSessionID is the session RunEgress creates its sandbox for.
+const egressSessionID = "sesn_egress"
 
 // staticSecret is a secret source with fixed values.
 type staticSecret map[string]string

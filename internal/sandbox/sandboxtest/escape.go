@@ -425,7 +425,7 @@ func (s *escapeSuite) create(t *testing.T, rt sandbox.Runtime) *escBox {
 		SessionID: "sesn_escape_" + randomHex(4),
 		WorkID:    "work_escape_" + randomHex(4),
 		Workspace: t.TempDir(),
-		Env:       allowList(),
+		Env:       AllowList(),
 		Limits:    s.limits,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), escapeCallTimeout)

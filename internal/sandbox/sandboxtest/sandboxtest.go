@@ -76,8 +76,9 @@ type box struct {
 	spec sandbox.Spec
 }
 
-// allowList is the environment the suite gives every sandbox.
-func allowList() map[string]string {
+// AllowList is the environment the suites give sandboxes, as a worker's
+// allow-list would.
+func AllowList() map[string]string {
 	return map[string]string{
 		"PATH":                  "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"LANG":                  "C.UTF-8",
@@ -92,7 +93,7 @@ func create(t *testing.T, rt sandbox.Runtime) *box {
 		SessionID: "sesn_conformance_" + randomHex(4),
 		WorkID:    "work_conformance_" + randomHex(4),
 		Workspace: t.TempDir(),
-		Env:       allowList(),
+		Env:       AllowList(),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
@@ -385,7 +386,7 @@ func testEnvironment(t *testing.T, rt sandbox.Runtime) {
 	canary := "canary-" + randomHex(16)
 	t.Setenv("PERIMETER_CANARY_SECRET", canary)
 	b := create(t, rt)
-	allowed := allowList()
+	allowed := AllowList()
 
 	hasProc := strings.TrimSpace(b.ok(t, "bash", bash("test -r /proc/self/environ && echo yes || echo no"))) == "yes"
 	// A launcher may start sandboxd with PWD set to its working directory
