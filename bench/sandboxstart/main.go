@@ -45,6 +45,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/perimeterhq/perimeter/bench/internal/plane"
+	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/sandbox/bwrap"
 	"github.com/perimeterhq/perimeter/internal/sandbox/docker"
@@ -77,7 +78,7 @@ func main() {
 	full := flag.String("perimeter", "", "if set, also measure bwrap with this perimeter binary as sandboxd, for comparison")
 	sessions := flag.Int("sessions", 30, "sessions per backend (and docker runs per baseline)")
 	out := flag.String("out", "", "also write the markdown results to this file")
-	only := flag.String("backends", "process,bwrap,bwrap-pool,docker,docker-pool,docker-runsc", "comma-separated backends to measure (the docker ones with their baselines)")
+	only := flag.String("backends", "process,bwrap,bwrap-pool,bwrap-egress,bwrap-pool-egress,docker,docker-pool,docker-runsc", "comma-separated backends to measure (the docker ones with their baselines)")
 	flag.Parse()
 	if *bin == "" || *sessions < 1 {
 		fmt.Fprintln(os.Stderr, "sandboxstart: -sandboxd is required and -sessions must be at least 1")
@@ -159,38 +160,50 @@ func run(ctx context.Context, bin, full string, n int, backends []string) (strin
 	if want("process") {
 		add(bench(ctx, p, "process", n, func() (sandbox.Runtime, error) {
 			return process.New(process.Options{Binary: bin, Logger: log}), nil
-		}, false))
+		}, setup{}))
 	}
 	if want("bwrap") {
-		add(bench(ctx, p, "bwrap", n, bwrapRT, false))
+		add(bench(ctx, p, "bwrap", n, bwrapRT, setup{}))
 		if full != "" {
 			add(bench(ctx, p, "bwrap, perimeter as sandboxd", n, func() (sandbox.Runtime, error) {
 				return bwrap.New(bwrap.Options{Binary: full, Logger: log})
-			}, false))
+			}, setup{}))
 		}
 	}
 	if want("bwrap-pool") {
-		add(bench(ctx, p, "bwrap + warm pool", n, bwrapRT, true))
+		add(bench(ctx, p, "bwrap + warm pool", n, bwrapRT, setup{pooled: true}))
+	}
+	if want("bwrap-egress") {
+		add(bench(ctx, p, "bwrap, session with egress", n, bwrapRT, setup{egress: true}))
+	}
+	if want("bwrap-pool-egress") {
+		add(bench(ctx, p, "bwrap + warm pool, session with egress", n, bwrapRT, setup{pooled: true, egress: true}))
 	}
 	if want("docker") || want("docker-pool") {
 		add(baseline(ctx, "baseline: docker run (runc)", n, "docker", "run", "--rm", "--network", "none", image, "true"))
 	}
 	if want("docker") {
-		add(bench(ctx, p, "docker", n, dockerRT("runc"), false))
+		add(bench(ctx, p, "docker", n, dockerRT("runc"), setup{}))
 	}
 	if want("docker-pool") {
-		add(bench(ctx, p, "docker + warm pool", n, dockerRT("runc"), true))
+		add(bench(ctx, p, "docker + warm pool", n, dockerRT("runc"), setup{pooled: true}))
 	}
 	if want("docker-runsc") {
 		add(baseline(ctx, "baseline: docker run --runtime runsc", n, "docker", "run", "--rm", "--runtime", "runsc", "--network", "none", image, "true"))
-		add(bench(ctx, p, "docker-runsc", n, dockerRT("runsc"), false))
+		add(bench(ctx, p, "docker-runsc", n, dockerRT("runsc"), setup{}))
 	}
 	return report(rows, n), ctx.Err()
 }
 
+// setup is how a backend's worker is set up beyond its runtime.
+type setup struct {
+	pooled bool // a warm pool of poolSize in front of the runtime
+	egress bool // an egress proxy per session (one rule, one credential)
+}
+
 // bench serves n sessions (after one warm-up session) on a worker whose
-// runtime newRT builds, wrapped in a warm pool of poolSize when pooled.
-func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() (sandbox.Runtime, error), pooled bool) result {
+// runtime newRT builds, set up as s says.
+func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() (sandbox.Runtime, error), s setup) result {
 	r := result{name: name}
 	if ctx.Err() != nil {
 		r.skipped = "interrupted"
@@ -219,7 +232,7 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 	_ = os.Chmod(state, 0o711)
 	var pl *pool.Pool
 	var handed atomic.Int64
-	if pooled {
+	if s.pooled {
 		pl, err = pool.New(rt, pool.Options{Size: poolSize, Dir: filepath.Join(state, "pool"), Env: worker.SandboxEnv(nil), Egress: true,
 			Logger: slog.New(countHandler{msg: "handed out a warm sandbox", n: &handed})})
 		if err != nil {
@@ -236,6 +249,25 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 	opts := worker.Options{
 		Client: p.WorkerClient(), EnvironmentID: envID, EnvironmentKey: envKey, WorkerID: workerID,
 		Runtime: rt, StateDir: state, MaxIdle: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
+	}
+	if s.egress {
+		m, err := egress.NewManager(egress.ManagerOptions{
+			Dir: filepath.Join(state, "egress"),
+			Config: func() egress.Config {
+				return egress.Config{
+					Rules: []egress.Rule{{Name: "bench", Hosts: []string{"api.example.test"}}},
+					Credentials: []egress.EnvCredential{{
+						Credential: egress.Credential{Name: "token", Hosts: []string{"api.example.test"}}, Env: "BENCH_TOKEN",
+					}},
+				}
+			},
+			Secrets: benchSecret{},
+		})
+		if err != nil {
+			r.skipped = oneLine(err)
+			return r
+		}
+		opts.Egress = m
 	}
 	var rec *tracetest.SpanRecorder
 	tl := newTimeline()
@@ -288,6 +320,13 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 		fmt.Fprintf(os.Stderr, "sandboxstart: %s, median span start and end after the claim:\n%s", name, tl)
 	}
 	return r
+}
+
+// benchSecret is every secret's value: the bench's sessions never use it.
+type benchSecret struct{}
+
+func (benchSecret) Get(context.Context, string) ([]byte, error) {
+	return []byte("bench-secret-value"), nil
 }
 
 // waitReady waits until the pool holds poolSize warm sandboxes.
