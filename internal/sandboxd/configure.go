@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -56,22 +57,43 @@ func (t *configureTool) Execute(ctx context.Context, raw json.RawMessage) ([]ant
 		return text("nothing to set"), nil
 	}
 	var export strings.Builder
-	export.WriteString("export")
 	for _, k := range names {
 		t.env[k] = in.Env[k]
-		export.WriteString(" " + k + "=" + shellQuote(in.Env[k]))
+		export.WriteString("export " + k + "=" + shellQuote(in.Env[k]) + "\n")
 	}
 	if t.bash != nil {
-		input, _ := json.Marshal(map[string]string{"command": export.String()})
-		out, err := t.bash.Execute(ctx, input)
-		if err != nil {
+		if err := t.source(ctx, export.String()); err != nil {
 			return nil, fmt.Errorf("%s: export in the shell: %v", sandbox.ToolConfigure, err)
-		}
-		if s := resultText(out); strings.TrimSpace(s) != "" {
-			return nil, fmt.Errorf("%s: export in the shell said %q", sandbox.ToolConfigure, s)
 		}
 	}
 	return text(fmt.Sprintf("set %s", strings.Join(names, " "))), nil
+}
+
+// source runs script in the persistent shell from a temporary file: the
+// shell's line editor takes a command typed on its terminal a character at
+// a time (about 5 µs each, and more in a sandbox), so a long one is slow.
+func (t *configureTool) source(ctx context.Context, script string) error {
+	f, err := os.CreateTemp("", "perimeter-env-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(script)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	input, _ := json.Marshal(map[string]string{"command": ". " + shellQuote(f.Name())})
+	out, err := t.bash.Execute(ctx, input)
+	if err != nil {
+		return err
+	}
+	if s := resultText(out); strings.TrimSpace(s) != "" {
+		return fmt.Errorf("the shell said %q", s)
+	}
+	return nil
 }
 
 // shellQuote quotes s for bash: single quotes, each ' written as '\”.
