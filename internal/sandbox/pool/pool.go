@@ -10,7 +10,8 @@
 // first call has its answer (see refillAfter).
 //
 // With Options.Egress, each warm sandbox also starts with an egress socket
-// and CA bundle of its own mounted (see [sandbox.Egress]): the pool listens
+// and CA bundle (the host's system roots) of its own mounted (see
+// [sandbox.Egress]): the pool listens
 // on the socket, and a session with an egress proxy takes it over. At the
 // hand-over the pool writes the session's CA bundle into the mounted file,
 // gives the listener to the session's proxy, and sets the variables the
@@ -36,6 +37,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,6 +124,16 @@ func New(rt sandbox.Runtime, opts Options) (*Pool, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// What a worker that stopped without closing its pool left behind:
+	// its sandboxes are gone (they die with the worker, or are removed as
+	// orphans), their directories and sockets are not.
+	if entries, err := os.ReadDir(opts.Dir); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), "warm-") || strings.HasPrefix(e.Name(), "egress-") {
+				_ = os.RemoveAll(filepath.Join(opts.Dir, e.Name()))
+			}
+		}
+	}
 	// egress-<16 hex>/egress.sock under Dir.
 	if opts.Egress && len(filepath.Join(opts.Dir, "egress-0123456789abcdef", "egress.sock")) > maxSocketPath {
 		opts.Logger.Warn("warm sandboxes start without an egress socket: the pool directory is too long for a unix socket path; sessions with an egress proxy get cold sandboxes (a shorter worker.state_dir fixes this)",
@@ -153,7 +165,7 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 		return p.rt.Create(ctx, spec)
 	}
 	h := &handed{Sandbox: w.sb, refill: p.refill}
-	h.timer = time.AfterFunc(p.refillAfter, h.replace)
+	time.AfterFunc(p.refillAfter, h.replace)
 	cold := func(why string, err error) (sandbox.Sandbox, error) {
 		p.log.Warn(why+"; starting a cold sandbox", slog.String("session_id", spec.SessionID), slog.Any("error", err))
 		h.replace()
@@ -164,7 +176,9 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 		return p.rt.Create(ctx, spec)
 	}
 	if w.slot != nil && spec.Egress != nil {
-		// In place: the sandbox has this file (its inode) mounted.
+		// In place: the sandbox has this file (its inode) mounted, and
+		// sees the new content (gVisor too: its bind mounts are shared
+		// with the host by default, --file-access-mounts=shared).
 		bundle, err := os.ReadFile(spec.Egress.CABundle)
 		if err == nil {
 			err = os.WriteFile(w.slot.bundle(), bundle, 0o644)
@@ -240,17 +254,13 @@ func added(env, base map[string]string) map[string]string {
 type handed struct {
 	sandbox.Sandbox
 	refill  func()
-	timer   *time.Timer
 	once    sync.Once
 	cleanup func() // after Close: removes the egress slot, if any
 }
 
-func (h *handed) replace() {
-	h.once.Do(func() {
-		h.timer.Stop()
-		h.refill()
-	})
-}
+// replace starts the replacement, once. The refillAfter timer calls it
+// too; once it has run, the timer's call does nothing.
+func (h *handed) replace() { h.once.Do(h.refill) }
 
 func (h *handed) Exec(ctx context.Context, call sandbox.Call) (sandbox.Result, error) {
 	res, err := h.Sandbox.Exec(ctx, call)
@@ -344,14 +354,17 @@ func (p *Pool) start() (warm, error) {
 }
 
 // newSlot makes an egress slot: a directory any uid may search (a sandbox
-// may run as one of its own), an empty CA bundle until a session's, and
-// the pool's listener on the socket, which any uid may connect to.
+// may run as one of its own), a CA bundle holding the host's system roots
+// (what the session's bundle starts with, see egress.ManagerOptions) until
+// a session's replaces it, and the pool's listener on the socket, which any
+// uid may connect to.
 func newSlot(dir string) (*slot, error) {
 	if err := os.Mkdir(dir, 0o711); err != nil {
 		return nil, err
 	}
 	sl := &slot{dir: dir}
-	err := os.WriteFile(sl.bundle(), nil, 0o644)
+	roots, _ := os.ReadFile(sandbox.SystemCABundle) // none on a host without one
+	err := os.WriteFile(sl.bundle(), roots, 0o644)
 	if err == nil {
 		sl.l, err = net.Listen("unix", sl.socket())
 	}

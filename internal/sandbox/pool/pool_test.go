@@ -62,6 +62,12 @@ func (s *fakeSandbox) Exec(_ context.Context, call sandbox.Call) (sandbox.Result
 	return sandbox.Result{}, nil
 }
 
+func (f *fakeRuntime) sandbox(i int) *fakeSandbox {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.created[i]
+}
+
 func (f *fakeRuntime) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -212,7 +218,7 @@ func TestAWarmSandboxThatCannotBeConfiguredIsReplacedByAColdOne(t *testing.T) {
 	if got := sb.(*fakeSandbox); got.n == 1 || got.spec.Workspace != ws {
 		t.Fatalf("got sandbox %d on %s; want a cold one on the session's workspace", got.n, got.spec.Workspace)
 	}
-	if !rt.created[0].isClosed() {
+	if !rt.sandbox(0).isClosed() {
 		t.Error("the warm sandbox that failed was left running")
 	}
 }
@@ -233,13 +239,14 @@ func TestWarmSandboxesServeEgressSessions(t *testing.T) {
 			t.Cleanup(func() { p.Close() })
 			p.refillAfter = time.Hour
 			waitReady(t, p, 1)
-			warm := rt.created[0].spec.Egress
+			warm := rt.sandbox(0).spec.Egress
 			if warm == nil {
 				t.Fatal("the warm sandbox was started without an egress socket")
 			}
 			mounted, err := os.Stat(warm.CABundle)
-			if err != nil || mounted.Size() != 0 {
-				t.Fatalf("warm CA bundle: %v, %v; want an empty file", mounted, err)
+			roots, _ := os.ReadFile(sandbox.SystemCABundle)
+			if b, _ := os.ReadFile(warm.CABundle); err != nil || string(b) != string(roots) {
+				t.Fatalf("warm CA bundle: %d bytes, %v; want the host's system roots (%d bytes)", len(b), err, len(roots))
 			}
 
 			spec := sandbox.Spec{Workspace: sessionDir(t)}
@@ -366,5 +373,36 @@ func TestReplacementWaitsForTheFirstCall(t *testing.T) {
 				t.Fatalf("%d sandboxes created after more calls, want 2", n)
 			}
 		})
+	}
+}
+
+// A pool's directory is its own: what a worker that stopped without closing
+// its pool left there (warm workspaces, egress sockets) goes at New, and
+// Close removes what it started.
+func TestPoolClearsItsDirectory(t *testing.T) {
+	dir := filepath.Join(shortDir(t), "pool")
+	for _, stale := range []string{"warm-0123456789abcdef", "egress-0123456789abcdef"} {
+		if err := os.MkdirAll(filepath.Join(dir, stale), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rt := &fakeRuntime{}
+	p, err := New(rt, Options{Size: 1, Dir: dir, Egress: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, p, 1)
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 { // the new warm sandbox's workspace and egress slot
+		t.Errorf("pool directory after New: %v; want only the new sandbox's two entries", entries)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("pool directory after Close: %v; want it empty", entries)
+	}
+	if !rt.sandbox(0).isClosed() {
+		t.Error("Close left the warm sandbox running")
 	}
 }
