@@ -199,14 +199,15 @@ func (queueAddr) String() string  { return "intercepted" }
 // bulkConn reads from its connection in large pieces once data streams. A
 // TLS connection reads little more than one record (16 KiB) at a time from
 // the connection under it; on a long body that is one system call per
-// record. Once a read fills the caller's buffer, more is likely waiting,
-// and the next read takes up to bulkRead bytes into a pooled buffer that
-// the following reads drain. A read that does not fill the caller's buffer
-// goes straight to the connection again, so an idle connection, blocked in
-// a read, holds no buffer.
+// record. Once a read fills its buffer (the caller's, or the pooled one),
+// more is likely waiting, and the next read takes up to bulkRead bytes into
+// a pooled buffer that the following reads drain. After a read that does
+// not fill its buffer, reads go straight to the connection again, so an
+// idle connection, blocked in a read, holds no buffer (unless the data
+// before it ended exactly at a full pooled buffer).
 type bulkConn struct {
 	net.Conn
-	streaming bool    // the last direct read filled the caller's buffer
+	streaming bool    // the last read from the connection filled its buffer
 	buf       *[]byte // from bulkBuffers; buf[r:w] is unread
 	r, w      int
 	err       error // the connection's error, returned once buf is drained
@@ -238,7 +239,7 @@ func (c *bulkConn) Read(b []byte) (int, error) {
 	buf := bulkBuffers.Get().(*[]byte)
 	n, err := c.Conn.Read(*buf)
 	k := copy(b, (*buf)[:n])
-	c.streaming = n > k
+	c.streaming = n == len(*buf)
 	if k == n {
 		bulkBuffers.Put(buf)
 		return k, err
