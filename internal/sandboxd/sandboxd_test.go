@@ -396,7 +396,7 @@ func TestConfigureSetsTheEnvironmentOfLaterCommands(t *testing.T) {
 	if got := s.output(t); got != "before=" {
 		t.Fatalf("before: %q", got)
 	}
-	value := `perimeter-secret:gh:x'y"$(touch pwned) \n`
+	value := `'perimeter-secret:gh:x'y"$(touch pwned) \n` + "\n`touch pwned`;'"
 	s.exec(t, 2, sandbox.ToolConfigure, map[string]any{"env": map[string]string{"TOKEN": value, "HTTPS_PROXY": "http://127.0.0.1:3128"}})
 	if got := s.response(t); got.Result == nil || got.Result.IsError {
 		t.Fatalf("configure: %+v", got)
