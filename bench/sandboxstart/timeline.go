@@ -16,35 +16,35 @@ type timeline struct {
 	seen   map[string]bool // span ids already counted
 	starts map[string][]time.Duration
 	ends   map[string][]time.Duration
-	order  map[string]time.Duration // first start seen, for sorting
 }
 
 func newTimeline() *timeline {
-	return &timeline{seen: map[string]bool{}, starts: map[string][]time.Duration{},
-		ends: map[string][]time.Duration{}, order: map[string]time.Duration{}}
+	return &timeline{seen: map[string]bool{}, starts: map[string][]time.Duration{}, ends: map[string][]time.Duration{}}
 }
 
-// add takes the spans of the session claimed at acked: the ended spans not
-// yet counted that started after the claim, the first of each name.
+// add takes the spans of the session claimed at acked: of the ended spans
+// not yet counted that started at or after the claim (the work span starts
+// a moment before acked is stamped: 5 ms of slack), the earliest of each
+// name.
 func (t *timeline) add(acked time.Time, ended []sdktrace.ReadOnlySpan) {
-	first := map[string]bool{}
+	first := map[string]sdktrace.ReadOnlySpan{}
 	for _, s := range ended {
 		id := s.SpanContext().SpanID().String()
 		if t.seen[id] {
 			continue
 		}
 		t.seen[id] = true
-		if s.StartTime().Before(acked.Add(-time.Second)) || first[s.Name()] {
+		if s.StartTime().Before(acked.Add(-5 * time.Millisecond)) {
 			continue
 		}
-		first[s.Name()] = true
-		n := s.Name()
+		if f, ok := first[s.Name()]; !ok || s.StartTime().Before(f.StartTime()) {
+			first[s.Name()] = s
+		}
+	}
+	for n, s := range first {
 		st, en := s.StartTime().Sub(acked), s.EndTime().Sub(acked)
 		t.starts[n] = append(t.starts[n], st)
 		t.ends[n] = append(t.ends[n], en)
-		if o, ok := t.order[n]; !ok || st < o {
-			t.order[n] = st
-		}
 	}
 }
 
