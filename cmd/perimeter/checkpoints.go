@@ -29,19 +29,19 @@ func checkpointDir(cfg *config.Config) string {
 }
 
 // openCheckpoints opens the worker's checkpoint store and prunes it by the
-// configured retention. A second worker on the same state directory gets
-// a store of its own, and says so.
-func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) (*checkpoint.Store, error) {
+// configured retention, now and every pruneInterval until close. A second
+// worker on the same state directory gets a store of its own, and says so.
+func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *checkpoint.Store, close func(), err error) {
 	if cfg.Checkpoints.Disabled {
 		log.Warn("workspace checkpoints are disabled (checkpoints.disabled)")
-		return nil, nil
+		return nil, func() {}, nil
 	}
 	s, dir, err := openOwn(checkpointDir(cfg), cfg.Worker.ID, "checkpoint store", log,
 		checkpoint.ErrLocked, func(dir string) (*checkpoint.Store, error) {
 			return checkpoint.Open(dir, checkpoint.Options{FullScan: cfg.Checkpoints.FullScan})
 		})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if cfg.Checkpoints.FullScan {
 		log.Info("checkpoints stat every file of the workspace (checkpoints.full_scan)")
@@ -53,7 +53,49 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 		log.Warn("pruning checkpoints failed", slog.Any("error", err))
 	}
 	log.Info("checkpoint store open", slog.String("dir", dir), slog.Int("checkpoints", rep.Kept), slog.Int64("bytes", rep.Bytes), slog.Int("pruned", rep.Removed))
-	return s, nil
+	stop := pruneEvery(s, retention(cfg), pruneInterval, log)
+	return s, func() {
+		stop()
+		s.Close()
+	}, nil
+}
+
+// pruneInterval is how often a running worker prunes its checkpoints: the
+// retention holds for a worker that runs for weeks, not only at its start.
+const pruneInterval = time.Hour
+
+// pruneEvery prunes s by r every interval until stop, which waits for a
+// prune in progress (Prune stops early when told to, leaving the store
+// consistent).
+func pruneEvery(s *checkpoint.Store, r checkpoint.Retention, interval time.Duration, log *slog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			rep, err := s.Prune(ctx, r)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				log.Warn("pruning checkpoints failed", slog.Any("error", err))
+			case rep.Removed > 0 || rep.ObjectsRemoved > 0:
+				log.Info("checkpoints pruned", slog.Int("removed", rep.Removed), slog.Int64("bytes_removed", rep.BytesRemoved),
+					slog.Int("checkpoints", rep.Kept), slog.Int64("bytes", rep.Bytes))
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // openRemote connects to the object store that persisted workspaces are

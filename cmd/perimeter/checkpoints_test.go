@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
@@ -112,5 +113,47 @@ func TestOfflineCommandsUseTheConfiguredDirectories(t *testing.T) {
 	}
 	if got := auditDir(cfg); got != auditDirPath {
 		t.Errorf("audit directory %s, want %s", got, auditDirPath)
+	}
+}
+
+// A running worker prunes its checkpoints by the retention every
+// interval, not only at start; stop ends that and leaves the store open.
+func TestCheckpointsArePrunedWhileTheWorkerRuns(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{NoSync: true, FullScan: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ws := t.TempDir()
+	for i, id := range []string{"toolu_1", "toolu_2", "toolu_3"} {
+		if err := os.WriteFile(filepath.Join(ws, "f.txt"), bytes.Repeat([]byte{'a' + byte(i)}, 100), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.Checkpoint(context.Background(), ws, checkpoint.Key{Session: "sesn_1", ToolUseID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs bytes.Buffer
+	stop := pruneEvery(store, checkpoint.Retention{MaxCount: 1}, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		list, err := store.List("sesn_1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) == 1 && list[0].ToolUseID == "toolu_3" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("checkpoints left: %+v; want only the newest", list)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	if !strings.Contains(logs.String(), "checkpoints pruned") || !strings.Contains(logs.String(), "removed=2") {
+		t.Errorf("log: %s", logs.String())
+	}
+	if _, err := store.Checkpoint(context.Background(), ws, checkpoint.Key{Session: "sesn_1", ToolUseID: "toolu_4"}); err != nil {
+		t.Errorf("the store after stop: %v", err)
 	}
 }

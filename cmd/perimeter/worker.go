@@ -242,13 +242,11 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		return fail(err)
 	}
 	closers = append(closers, closeEgress)
-	cps, err := openCheckpoints(ctx, cfg, log)
+	cps, closeCheckpoints, err := openCheckpoints(ctx, cfg, log)
 	if err != nil {
 		return fail(err)
 	}
-	if cps != nil {
-		closers = append(closers, func() { cps.Close() })
-	}
+	closers = append(closers, closeCheckpoints)
 	remote, err := openRemote(ctx, cfg, log)
 	if err != nil {
 		return fail(err)
