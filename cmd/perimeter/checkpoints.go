@@ -82,11 +82,9 @@ func pruneEvery(s *checkpoint.Store, r checkpoint.Retention, interval time.Durat
 			}
 			rep, err := s.Prune(ctx, r)
 			switch {
-			case ctx.Err() != nil:
-				return
-			case err != nil:
+			case err != nil && ctx.Err() == nil:
 				log.Warn("pruning checkpoints failed", slog.Any("error", err))
-			case rep.Removed > 0 || rep.ObjectsRemoved > 0:
+			case err == nil && (rep.Removed > 0 || rep.ObjectsRemoved > 0):
 				log.Info("checkpoints pruned", slog.Int("removed", rep.Removed), slog.Int64("bytes_removed", rep.BytesRemoved),
 					slog.Int("checkpoints", rep.Kept), slog.Int64("bytes", rep.Bytes))
 			}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,27 +134,47 @@ func TestCheckpointsArePrunedWhileTheWorkerRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var logs bytes.Buffer
-	stop := pruneEvery(store, checkpoint.Retention{MaxCount: 1}, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+	logs := &lockedBuffer{}
+	stop := pruneEvery(store, checkpoint.Retention{MaxCount: 1}, 10*time.Millisecond, slog.New(slog.NewTextHandler(logs, nil)))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		list, err := store.List("sesn_1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(list) == 1 && list[0].ToolUseID == "toolu_3" {
+		// The log line follows the prune that removed them.
+		if len(list) == 1 && list[0].ToolUseID == "toolu_3" && strings.Contains(logs.String(), "checkpoints pruned") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("checkpoints left: %+v; want only the newest", list)
+			t.Fatalf("checkpoints left: %+v; want only the newest; log: %s", list, logs.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	stop()
-	if !strings.Contains(logs.String(), "checkpoints pruned") || !strings.Contains(logs.String(), "removed=2") {
+	if !strings.Contains(logs.String(), "removed=2") {
 		t.Errorf("log: %s", logs.String())
 	}
 	if _, err := store.Checkpoint(context.Background(), ws, checkpoint.Key{Session: "sesn_1", ToolUseID: "toolu_4"}); err != nil {
 		t.Errorf("the store after stop: %v", err)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that a logger may write while a test
+// reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
