@@ -6,12 +6,15 @@ package testenv
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -44,7 +47,8 @@ func Binary(t testing.TB) string {
 	buildOnce.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		dir, err := os.MkdirTemp("", "perimeter-bin-")
+		removeStaleBinaries()
+		dir, err := os.MkdirTemp("", binPrefix+strconv.Itoa(os.Getpid())+"-")
 		if err != nil {
 			buildErr = err
 			return
@@ -81,6 +85,28 @@ func Binary(t testing.TB) string {
 		t.Fatalf("build perimeter: %v\n%s", buildErr, buildOut)
 	}
 	return binPath
+}
+
+// binPrefix names the directories Binary builds into:
+// binPrefix<pid>-<random>, by the test process's pid.
+const binPrefix = "perimeter-testbin-"
+
+// removeStaleBinaries removes what Binary built for test processes that
+// are gone. A process cannot remove its own when its last test ends (the
+// binary is shared by all of them, and a test binary has no hook after
+// the last), so the next one does: 160 MiB per test process otherwise.
+func removeStaleBinaries() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binPrefix+"*"))
+	for _, dir := range dirs {
+		pidText, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), binPrefix), "-")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if p, err := os.FindProcess(pid); err == nil && errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone) {
+			_ = os.RemoveAll(dir)
+		}
+	}
 }
 
 // Buffer is a goroutine-safe sink for logs and process output.
