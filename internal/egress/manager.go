@@ -117,8 +117,8 @@ func NewManager(opts ManagerOptions) (*Manager, error) {
 	if err := os.Chmod(opts.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}
-	if probe := filepath.Join(opts.Dir, "0123456789abcdef0123456789abcdef", "egress.sock"); len(probe) > maxSocketPath {
-		return nil, fmt.Errorf("egress: %s is too long a directory for unix sockets (%d bytes of at most %d); use a shorter state directory", opts.Dir, len(probe), maxSocketPath)
+	if probe := sandbox.EgressSocketPath(filepath.Join(opts.Dir, "0123456789abcdef0123456789abcdef")); len(probe) > sandbox.MaxSocketPath {
+		return nil, fmt.Errorf("egress: %s is too long a directory for unix sockets (%d bytes of at most %d); use a shorter state directory", opts.Dir, len(probe), sandbox.MaxSocketPath)
 	}
 	roots := opts.SandboxRoots
 	if roots == nil {
@@ -134,9 +134,6 @@ func NewManager(opts ManagerOptions) (*Manager, error) {
 	return &Manager{opts: opts, roots: roots}, nil
 }
 
-// maxSocketPath is the longest unix socket path Linux accepts.
-const maxSocketPath = 107
-
 // Session is one session's running proxy as its sandbox reaches it.
 type Session struct {
 	// Sandbox says what to mount in the sandbox.
@@ -148,10 +145,9 @@ type Session struct {
 
 	proxy  *Proxy
 	dir    string
-	done   chan struct{}
 	mu     sync.Mutex     // guards closed, and served.Add against Close
 	closed bool           // Close has begun
-	served sync.WaitGroup // listeners given to serve
+	served sync.WaitGroup // the listeners the proxy serves
 	once   sync.Once
 }
 
@@ -188,35 +184,14 @@ func (m *Manager) Open(o SessionOptions) (*Session, error) {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	dir := filepath.Join(m.opts.Dir, hex.EncodeToString(b))
-	if err := os.Mkdir(dir, 0o711); err != nil {
-		p.Close()
-		return nil, fmt.Errorf("egress: %w", err)
-	}
-	s := &Session{proxy: p, dir: dir, done: make(chan struct{})}
-	s.Sandbox = &sandbox.Egress{Socket: filepath.Join(dir, "egress.sock"), CABundle: filepath.Join(dir, "ca.pem"), Serve: s.serve}
-	fail := func(err error) (*Session, error) {
-		p.Close()
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("egress: %w", err)
-	}
-	bundle := append(bytes.Clone(m.roots), p.CACertPEM()...)
-	if err := os.WriteFile(s.Sandbox.CABundle, bundle, 0o644); err != nil {
-		return fail(err)
-	}
-	l, err := net.Listen("unix", s.Sandbox.Socket)
+	eg, l, err := sandbox.NewEgressDir(dir, append(bytes.Clone(m.roots), p.CACertPEM()...))
 	if err != nil {
-		return fail(err)
+		p.Close()
+		return nil, fmt.Errorf("egress: %w", err)
 	}
-	// Any uid may connect: the sandbox may run as one of its own. Only a
-	// process that knows the directory's random name can reach it.
-	if err := os.Chmod(s.Sandbox.Socket, 0o666); err != nil {
-		l.Close()
-		return fail(err)
-	}
-	go func() {
-		defer close(s.done)
-		_ = p.Serve(l)
-	}()
+	s := &Session{proxy: p, dir: dir, Sandbox: eg}
+	eg.Serve = s.serve
+	s.serve(l)
 
 	for _, k := range proxyEnv {
 		env[k] = "http://" + sandbox.EgressListen
@@ -231,8 +206,8 @@ func (m *Manager) Open(o SessionOptions) (*Session, error) {
 	return s, nil
 }
 
-// serve has the proxy accept connections on l too (see
-// [sandbox.Egress]); Close closes it.
+// serve has the proxy accept connections on l: the session's own socket,
+// and any handed over (see [sandbox.Egress]). Close closes them.
 func (s *Session) serve(l net.Listener) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -256,7 +231,6 @@ func (s *Session) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		err = s.proxy.Close()
-		<-s.done
 		s.served.Wait()
 		if rerr := os.RemoveAll(s.dir); err == nil {
 			err = rerr

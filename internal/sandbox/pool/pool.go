@@ -78,6 +78,7 @@ type Pool struct {
 	ready []warm
 
 	refillAfter time.Duration // refillAfter, but in tests
+	roots       []byte        // the CA bundle warm sandboxes start with
 }
 
 // refillAfter bounds how long a replacement waits for the first call of the
@@ -94,17 +95,12 @@ type warm struct {
 }
 
 // slot is a warm sandbox's egress socket and CA bundle, in a directory of
-// their own.
+// their own (see sandbox.NewEgressDir).
 type slot struct {
 	dir string
-	l   net.Listener // on dir/egress.sock until handed to a proxy
+	eg  *sandbox.Egress
+	l   net.Listener // on eg.Socket until handed to a proxy
 }
-
-func (s *slot) socket() string { return filepath.Join(s.dir, "egress.sock") }
-func (s *slot) bundle() string { return filepath.Join(s.dir, "ca.pem") }
-
-// maxSocketPath is the longest unix socket path Linux accepts.
-const maxSocketPath = 107
 
 var _ sandbox.Runtime = (*Pool)(nil)
 
@@ -134,8 +130,7 @@ func New(rt sandbox.Runtime, opts Options) (*Pool, error) {
 			}
 		}
 	}
-	// egress-<16 hex>/egress.sock under Dir.
-	if opts.Egress && len(filepath.Join(opts.Dir, "egress-0123456789abcdef", "egress.sock")) > maxSocketPath {
+	if opts.Egress && len(sandbox.EgressSocketPath(filepath.Join(opts.Dir, "egress-0123456789abcdef"))) > sandbox.MaxSocketPath {
 		opts.Logger.Warn("warm sandboxes start without an egress socket: the pool directory is too long for a unix socket path; sessions with an egress proxy get cold sandboxes (a shorter worker.state_dir fixes this)",
 			slog.String("dir", opts.Dir))
 		opts.Egress = false
@@ -143,6 +138,11 @@ func New(rt sandbox.Runtime, opts Options) (*Pool, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{rt: rt, opts: opts, log: opts.Logger.With(slog.String("component", "warm-pool"), slog.String("runtime", rt.Name())),
 		ctx: ctx, cancel: cancel, refillAfter: refillAfter}
+	if opts.Egress {
+		// What a session's bundle starts with (see egress.ManagerOptions),
+		// until a session's replaces it. None on a host without one.
+		p.roots, _ = os.ReadFile(sandbox.SystemCABundle)
+	}
 	for range opts.Size {
 		p.refill()
 	}
@@ -181,7 +181,7 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 		// with the host by default, --file-access-mounts=shared).
 		bundle, err := os.ReadFile(spec.Egress.CABundle)
 		if err == nil {
-			err = os.WriteFile(w.slot.bundle(), bundle, 0o644)
+			err = os.WriteFile(w.slot.eg.CABundle, bundle, 0o644)
 		}
 		if err != nil {
 			return cold("could not give a warm sandbox the session's CA bundle", err)
@@ -309,11 +309,10 @@ func (p *Pool) refill() {
 					p.ready = append(p.ready, w)
 				}
 				p.mu.Unlock()
-				if !closed {
-					p.log.Info("warm sandbox ready")
-				}
 				if closed {
 					p.discard(w)
+				} else {
+					p.log.Info("warm sandbox ready")
 				}
 				return
 			}
@@ -336,13 +335,14 @@ func (p *Pool) start() (warm, error) {
 	}
 	spec := sandbox.Spec{Workspace: w.dir, Env: p.opts.Env, Limits: p.opts.Limits}
 	if p.opts.Egress {
-		sl, err := newSlot(filepath.Join(p.opts.Dir, "egress-"+id))
+		dir := filepath.Join(p.opts.Dir, "egress-"+id)
+		eg, l, err := sandbox.NewEgressDir(dir, p.roots)
 		if err != nil {
 			os.RemoveAll(w.dir)
-			return warm{}, err
+			return warm{}, fmt.Errorf("a warm sandbox's %w", err)
 		}
-		w.slot = sl
-		spec.Egress = &sandbox.Egress{Socket: sl.socket(), CABundle: sl.bundle()}
+		w.slot = &slot{dir: dir, eg: eg, l: l}
+		spec.Egress = eg
 	}
 	sb, err := p.rt.Create(p.ctx, spec)
 	if err != nil {
@@ -351,34 +351,6 @@ func (p *Pool) start() (warm, error) {
 	}
 	w.sb = sb
 	return w, nil
-}
-
-// newSlot makes an egress slot: a directory any uid may search (a sandbox
-// may run as one of its own), a CA bundle holding the host's system roots
-// (what the session's bundle starts with, see egress.ManagerOptions) until
-// a session's replaces it, and the pool's listener on the socket, which any
-// uid may connect to.
-func newSlot(dir string) (*slot, error) {
-	if err := os.Mkdir(dir, 0o711); err != nil {
-		return nil, err
-	}
-	sl := &slot{dir: dir}
-	roots, _ := os.ReadFile(sandbox.SystemCABundle) // none on a host without one
-	err := os.WriteFile(sl.bundle(), roots, 0o644)
-	if err == nil {
-		sl.l, err = net.Listen("unix", sl.socket())
-	}
-	if err == nil {
-		err = os.Chmod(sl.socket(), 0o666)
-	}
-	if err != nil {
-		if sl.l != nil {
-			sl.l.Close()
-		}
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("egress socket of a warm sandbox: %w", err)
-	}
-	return sl, nil
 }
 
 func (p *Pool) discard(w warm) {
