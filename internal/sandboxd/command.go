@@ -121,7 +121,7 @@ func (t *commandTool) Execute(ctx context.Context, raw json.RawMessage) ([]anthr
 	case err != nil:
 		return nil, fmt.Errorf("%s: %v", sandbox.ToolCommand, err)
 	}
-	return []anthropic.BetaToolResultBlockParamContentUnion{{OfText: &anthropic.BetaTextBlockParam{Text: text}}}, nil
+	return textResult(text), nil
 }
 
 // envList turns env into exec.Cmd.Env form. It is never nil: a nil Env

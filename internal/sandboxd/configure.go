@@ -54,7 +54,7 @@ func (t *configureTool) Execute(ctx context.Context, raw json.RawMessage) ([]ant
 	}
 	slices.Sort(names)
 	if len(names) == 0 {
-		return text("nothing to set"), nil
+		return textResult("nothing to set"), nil
 	}
 	var export strings.Builder
 	for _, k := range names {
@@ -66,7 +66,7 @@ func (t *configureTool) Execute(ctx context.Context, raw json.RawMessage) ([]ant
 			return nil, fmt.Errorf("%s: export in the shell: %v", sandbox.ToolConfigure, err)
 		}
 	}
-	return text(fmt.Sprintf("set %s", strings.Join(names, " "))), nil
+	return textResult(fmt.Sprintf("set %s", strings.Join(names, " "))), nil
 }
 
 // source runs script in the persistent shell from a temporary file: the
@@ -96,12 +96,15 @@ func (t *configureTool) source(ctx context.Context, script string) error {
 	return nil
 }
 
-// shellQuote quotes s for bash: single quotes, each ' written as '\”.
+// shellQuote quotes s for bash: in single quotes, inside which nothing is
+// special but the quote itself, each of which closes the quoting, is
+// written escaped and reopens it.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-func text(s string) []anthropic.BetaToolResultBlockParamContentUnion {
+// textResult is a tool result of one text block.
+func textResult(s string) []anthropic.BetaToolResultBlockParamContentUnion {
 	return []anthropic.BetaToolResultBlockParamContentUnion{{OfText: &anthropic.BetaTextBlockParam{Text: s}}}
 }
 
