@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -156,9 +155,7 @@ func checkpointsAPI(w *worker.Worker, store *checkpoint.Store, token string) htt
 	})
 	mux.HandleFunc("POST /v1/checkpoints/restore", func(rw http.ResponseWriter, r *http.Request) {
 		var req restoreRequest
-		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil || req.Session == "" || (req.Before == "") == (req.Checkpoint == "") || req.By == "" {
+		if err := adminapi.Decode(r, &req); err != nil || req.Session == "" || (req.Before == "") == (req.Checkpoint == "") || req.By == "" {
 			adminapi.Error(rw, http.StatusBadRequest, "invalid_request_error", `body: {"session": ID, "before": TOOL_USE_ID or "checkpoint": ID, "by": WHO}`)
 			return
 		}

@@ -28,6 +28,17 @@ func RequireToken(token string, h http.Handler) http.Handler {
 	})
 }
 
+// maxBody bounds a request body Decode reads.
+const maxBody = 1 << 20
+
+// Decode reads r's JSON body into v, refusing fields v does not have and
+// bodies over 1 MiB.
+func Decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
 // JSON writes v as a 200 response.
 func JSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -43,3 +43,23 @@ func TestClientAndServerAgree(t *testing.T) {
 		t.Fatalf("empty server token: %d, want 401", rec.Code)
 	}
 }
+
+// Decode takes a known body and refuses unknown fields, bad JSON and
+// bodies over the limit.
+func TestDecode(t *testing.T) {
+	var v struct{ By string }
+	for body, ok := range map[string]bool{
+		`{"by": "ann"}`:             true,
+		`{"by": "ann", "extra": 1}`: false,
+		`{"by": `:                   false,
+		`{"by": "` + strings.Repeat("x", maxBody) + `"}`: false,
+	} {
+		err := Decode(httptest.NewRequest("POST", "/", strings.NewReader(body)), &v)
+		if (err == nil) != ok {
+			t.Errorf("body %.40q: %v, want ok=%v", body, err, ok)
+		}
+	}
+	if v.By != "ann" {
+		t.Errorf("decoded %+v", v)
+	}
+}

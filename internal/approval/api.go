@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -68,9 +67,7 @@ func Handler(d Decider, token string) http.Handler {
 	decide := func(allow bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			var body Decision
-			dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&body); err != nil {
+			if err := adminapi.Decode(r, &body); err != nil {
 				adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
 				return
 			}
