@@ -7,6 +7,8 @@ import (
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/perimeterhq/perimeter/bench/internal/stats"
 )
 
 // timeline collects, over sessions, when each of the worker's spans started
@@ -53,18 +55,12 @@ func (t *timeline) String() string {
 	for n := range t.starts {
 		names = append(names, n)
 	}
-	slices.SortFunc(names, func(a, b string) int { return int(median(t.starts[a]) - median(t.starts[b])) })
+	slices.SortFunc(names, func(a, b string) int { return int(stats.Median(t.starts[a]) - stats.Median(t.starts[b])) })
 	var b strings.Builder
 	for _, n := range names {
-		fmt.Fprintf(&b, "  %8.1f ms → %8.1f ms  %s (%d)\n", ms(median(t.starts[n])), ms(median(t.ends[n])), n, len(t.starts[n]))
+		fmt.Fprintf(&b, "  %8.1f ms → %8.1f ms  %s (%d)\n", ms(stats.Median(t.starts[n])), ms(stats.Median(t.ends[n])), n, len(t.starts[n]))
 	}
 	return b.String()
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/s3"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // The checkpoints API answers nothing without the admin token.
@@ -134,7 +134,7 @@ func TestCheckpointsArePrunedWhileTheWorkerRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	stop := pruneEvery(store, checkpoint.Retention{MaxCount: 1}, 10*time.Millisecond, slog.New(slog.NewTextHandler(logs, nil)))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -158,23 +158,4 @@ func TestCheckpointsArePrunedWhileTheWorkerRuns(t *testing.T) {
 	if _, err := store.Checkpoint(context.Background(), ws, checkpoint.Key{Session: "sesn_1", ToolUseID: "toolu_4"}); err != nil {
 		t.Errorf("the store after stop: %v", err)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer that a logger may write while a test
-// reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

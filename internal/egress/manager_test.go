@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 type managerSecrets map[string]string
@@ -59,7 +60,7 @@ func TestManagerOpensAProxyPerSession(t *testing.T) {
 	configs := 0
 	roots := []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----")
 	m, err := NewManager(ManagerOptions{
-		Dir: filepath.Join(shortDir(t), "egress"),
+		Dir: filepath.Join(testenv.ShortDir(t), "egress"),
 		Config: func() Config {
 			configs++
 			return Config{
@@ -171,7 +172,7 @@ func TestManagerRefusesADirectoryTooLongForSockets(t *testing.T) {
 }
 
 func TestManagerRefusesAConfigThatDoesNotCompile(t *testing.T) {
-	m, err := NewManager(ManagerOptions{Dir: shortDir(t), Config: func() Config {
+	m, err := NewManager(ManagerOptions{Dir: testenv.ShortDir(t), Config: func() Config {
 		return Config{Credentials: []EnvCredential{{Credential: Credential{Name: "x", Hosts: []string{"a.test"}}, Env: "X"}}}
 	}})
 	if err != nil {
@@ -211,7 +212,7 @@ func TestCheckRuleAndCredentialSayWhatIsWrong(t *testing.T) {
 }
 
 func TestManagerStartsNoProxyWhenNothingIsAllowed(t *testing.T) {
-	m, err := NewManager(ManagerOptions{Dir: shortDir(t), Config: func() Config { return Config{InterceptAll: true} }})
+	m, err := NewManager(ManagerOptions{Dir: testenv.ShortDir(t), Config: func() Config { return Config{InterceptAll: true} }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,17 +223,6 @@ func TestManagerStartsNoProxyWhenNothingIsAllowed(t *testing.T) {
 	if entries, _ := os.ReadDir(m.opts.Dir); len(entries) != 0 {
 		t.Errorf("Open left %d entries", len(entries))
 	}
-}
-
-// shortDir is a temporary directory with a path short enough for unix
-// sockets (t.TempDir's names grow with the test's).
-func shortDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "eg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // A session's proxy also serves a listener handed to Sandbox.Serve (the
@@ -248,7 +238,7 @@ func TestSessionServesAHandedOverListener(t *testing.T) {
 	_, port, _ := net.SplitHostPort(up.Listener.Addr().String())
 	portN, _ := strconv.Atoi(port)
 	m, err := NewManager(ManagerOptions{
-		Dir: filepath.Join(shortDir(t), "egress"),
+		Dir: filepath.Join(testenv.ShortDir(t), "egress"),
 		Config: func() Config {
 			return Config{
 				Rules:       []Rule{{Name: "api", Hosts: []string{"api.test"}, Ports: []int{portN}, AllowPrivate: true}},
@@ -265,7 +255,7 @@ func TestSessionServesAHandedOverListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	warm := filepath.Join(shortDir(t), "warm.sock")
+	warm := filepath.Join(testenv.ShortDir(t), "warm.sock")
 	l, err := net.Listen("unix", warm)
 	if err != nil {
 		t.Fatal(err)
@@ -288,7 +278,7 @@ func TestSessionServesAHandedOverListener(t *testing.T) {
 	if _, err := viaSocket(warm).Get("http://api.test:" + port + "/x"); err == nil {
 		t.Error("the handed-over socket still answers after Close")
 	}
-	late, err := net.Listen("unix", filepath.Join(shortDir(t), "late.sock"))
+	late, err := net.Listen("unix", filepath.Join(testenv.ShortDir(t), "late.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}

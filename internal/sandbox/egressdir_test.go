@@ -7,17 +7,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // NewEgressDir leaves a directory any uid may search but not list, a
 // bundle any uid may read and a socket any uid may connect to; when it
 // cannot finish, it leaves nothing.
 func TestNewEgressDir(t *testing.T) {
-	base, err := os.MkdirTemp("/tmp", "egressdir")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
+	base := testenv.ShortDir(t)
 	dir := filepath.Join(base, "s")
 	eg, l, err := NewEgressDir(dir, []byte("ROOTS"))
 	if err != nil {

@@ -109,6 +109,19 @@ func removeStaleBinaries() {
 	}
 }
 
+// ShortDir is a temporary directory, removed when t ends, whose path is
+// short enough for unix sockets under it (t.TempDir's grow with the
+// test's name).
+func ShortDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // Buffer is a goroutine-safe sink for logs and process output.
 type Buffer struct {
 	mu sync.Mutex

@@ -38,11 +38,7 @@ func TestASessionsCheckpointStateIsReleasedWhenItEnds(t *testing.T) {
     expect: {is_error: false}
   - end: terminate
 `)})
-	store, err := checkpoint.Open(filepath.Join(t.TempDir(), "checkpoints"), checkpoint.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	spans := tracetest.NewSpanRecorder()
 	opts := h.workerOptions(t.TempDir())
 	opts.Checkpoints = store
@@ -103,11 +99,7 @@ func TestAWorkspaceThatFailedToLoadIsNotSavedOver(t *testing.T) {
     expect: {is_error: false}
   - end: terminate
 `)})
-	store, err := checkpoint.Open(filepath.Join(t.TempDir(), "checkpoints"), checkpoint.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	remote := &brokenRemote{}
 	opts := h.workerOptions(t.TempDir())
 	opts.Checkpoints, opts.PersistKey, opts.PersistRemote = store, "project", remote
@@ -124,4 +116,15 @@ func TestAWorkspaceThatFailedToLoadIsNotSavedOver(t *testing.T) {
 	if list, err := store.List("persist:p1"); err != nil || len(list) != 0 {
 		t.Errorf("saved here: %d checkpoints, %v; want none", len(list), err)
 	}
+}
+
+// openStore opens a checkpoint store for the test, closed when it ends.
+func openStore(t *testing.T) *checkpoint.Store {
+	t.Helper()
+	store, err := checkpoint.Open(filepath.Join(t.TempDir(), "checkpoints"), checkpoint.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
 }

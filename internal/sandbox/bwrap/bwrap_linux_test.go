@@ -156,11 +156,17 @@ func TestBwrapRuntimeEscapes(t *testing.T) {
 
 func TestBwrapRuntimeEgress(t *testing.T) {
 	needPython(t)
+	sandboxtest.RunEgress(t, searchable{newRuntime(t, bwrap.Options{})}, sandboxtest.EgressOptions{Dir: egressDir(t)})
+}
+
+// egressDir is a directory for the egress suites' sockets that the
+// sandbox's host uid can reach.
+func egressDir(t *testing.T) string {
 	dir, err := os.MkdirTemp(sharedDir, "egress-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sandboxtest.RunEgress(t, searchable{newRuntime(t, bwrap.Options{})}, sandboxtest.EgressOptions{Dir: dir})
+	return dir
 }
 
 func TestBwrapRuntimeIsNamedBwrap(t *testing.T) {
@@ -816,10 +822,7 @@ func TestBwrapCreateExplainsAWorkspaceTheSandboxUserCannotReach(t *testing.T) {
 // the system one.
 func TestBwrapSandboxReachesItsEgressProxyThroughTheBridge(t *testing.T) {
 	needPython(t)
-	dir, err := os.MkdirTemp(sharedDir, "egress-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := egressDir(t)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -871,9 +874,5 @@ func TestBwrapSandboxReachesItsEgressProxyThroughTheBridge(t *testing.T) {
 
 func TestBwrapWarmPoolEgress(t *testing.T) {
 	needPython(t)
-	dir, err := os.MkdirTemp(sharedDir, "egress-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sandboxtest.RunEgressWarm(t, searchable{newRuntime(t, bwrap.Options{})}, sandboxtest.EgressOptions{Dir: dir})
+	sandboxtest.RunEgressWarm(t, searchable{newRuntime(t, bwrap.Options{})}, sandboxtest.EgressOptions{Dir: egressDir(t)})
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // fakeRuntime records the sandboxes it creates. Each writes a marker file
@@ -232,7 +233,7 @@ func TestWarmSandboxesServeEgressSessions(t *testing.T) {
 	for _, withProxy := range []bool{true, false} {
 		t.Run(map[bool]string{true: "SessionWithProxy", false: "SessionWithoutProxy"}[withProxy], func(t *testing.T) {
 			rt := &fakeRuntime{}
-			p, err := New(rt, Options{Size: 1, Dir: filepath.Join(shortDir(t), "pool"), Egress: true})
+			p, err := New(rt, Options{Size: 1, Dir: filepath.Join(testenv.ShortDir(t), "pool"), Egress: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -299,16 +300,6 @@ func TestWarmSandboxesServeEgressSessions(t *testing.T) {
 			}
 		})
 	}
-}
-
-// shortDir is a temporary directory short enough for unix socket paths.
-func shortDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("/tmp", "pool")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 func TestPoolRetriesAFailedStartAndCloseRemovesWaitingSandboxes(t *testing.T) {
@@ -380,7 +371,7 @@ func TestReplacementWaitsForTheFirstCall(t *testing.T) {
 // its pool left there (warm workspaces, egress sockets) goes at New, and
 // Close removes what it started.
 func TestPoolClearsItsDirectory(t *testing.T) {
-	dir := filepath.Join(shortDir(t), "pool")
+	dir := filepath.Join(testenv.ShortDir(t), "pool")
 	for _, stale := range []string{"warm-0123456789abcdef", "egress-0123456789abcdef"} {
 		if err := os.MkdirAll(filepath.Join(dir, stale), 0o700); err != nil {
 			t.Fatal(err)
