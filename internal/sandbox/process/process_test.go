@@ -200,9 +200,7 @@ func TestProcessSandboxdStartsWithExactlyTheSpecEnvironment(t *testing.T) {
 	t.Setenv("PERIMETER_CANARY_SECRET", "do-not-pass")
 	sb := create(t, newRuntime(t, process.Options{}), sandbox.Spec{Env: map[string]string{"ONLY": "this"}})
 	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", sb.PID()))
-	if err != nil {
-		t.Skipf("cannot read sandboxd's environment: %v", err)
-	}
+	testenv.Need(t, err == nil, fmt.Sprintf("sandboxd's environment to be readable (%v)", err))
 	if got := string(bytes.TrimRight(environ, "\x00")); got != "ONLY=this" {
 		t.Errorf("sandboxd's environment = %q, want exactly ONLY=this", got)
 	}
@@ -211,9 +209,7 @@ func TestProcessSandboxdStartsWithExactlyTheSpecEnvironment(t *testing.T) {
 func TestProcessSandboxWithNilEnvInheritsNothing(t *testing.T) {
 	sb := create(t, newRuntime(t, process.Options{}), sandbox.Spec{Env: nil})
 	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", sb.PID()))
-	if err != nil {
-		t.Skipf("cannot read sandboxd's environment: %v", err)
-	}
+	testenv.Need(t, err == nil, fmt.Sprintf("sandboxd's environment to be readable (%v)", err))
 	if len(environ) != 0 {
 		t.Errorf("sandboxd's environment = %q, want empty", environ)
 	}

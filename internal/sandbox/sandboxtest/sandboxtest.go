@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // callTimeout turns a hung call into a test failure instead of a hung test.
@@ -409,8 +410,8 @@ func testEnvironment(t *testing.T, rt sandbox.Runtime) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.proc && !hasProc {
-				t.Skip("no /proc/self/environ in this sandbox")
+			if tc.proc {
+				testenv.Need(t, hasProc, "/proc/self/environ readable in the sandbox")
 			}
 			out := b.ok(t, tc.tool, tc.input)
 			if strings.Contains(out, canary) || strings.Contains(out, "PERIMETER_CANARY_SECRET") {
@@ -462,9 +463,7 @@ func testKilledFromInside(t *testing.T, rt sandbox.Runtime) {
 func testKilledFromOutside(t *testing.T, rt sandbox.Runtime) {
 	b := create(t, rt)
 	p, ok := b.Sandbox.(hostPID)
-	if !ok {
-		t.Skipf("%s sandboxes do not expose sandboxd's host pid; killing from inside is covered above", rt.Name())
-	}
+	testenv.Need(t, ok, rt.Name()+" sandboxes to expose sandboxd's host pid (killing from inside is covered above)")
 	b.ok(t, "bash", bash("echo warm"))
 	pid := p.PID()
 	if pid <= 0 {
