@@ -177,8 +177,9 @@ func (s *Store) checkOpen() error {
 }
 
 // copier runs one Push or Pull on up to Options.Transfers goroutines
-// (see tokens), as the snapshot walker does. Each object is copied once however often the tree names it: later askers
-// wait for the first (a flight) and share its result.
+// (see tokens), as the snapshot walker does. Each object is copied once
+// however often the tree names it: later askers wait for the first (a
+// flight) and share its result.
 type copier struct {
 	parent context.Context // the caller's: check looks at it
 	ctx    context.Context // for requests; cancelled at the first error
@@ -311,6 +312,9 @@ func (c *copier) counted(copied bool, size int64) {
 	c.mu.Unlock()
 }
 
+// group returns a group for the copies of one directory's entries.
+func (c *copier) group() *group { return &group{c: c, f: fanout{t: c.sem}} }
+
 // group runs the copies of one directory's entries.
 type group struct {
 	c *copier
@@ -366,7 +370,7 @@ func (p *pusher) tree(h hash) (treeStats, error) {
 			p.counted(false, int64(len(b)))
 			return treeStats{}, nil
 		}
-		g := group{c: p.copier, f: fanout{t: p.sem}}
+		g := p.group()
 		for i := range ents {
 			e := &ents[i]
 			switch e.kind {
@@ -537,7 +541,7 @@ func (p *puller) fetchTree(h hash, depth int) (treeStats, error) {
 		}
 	}
 	subs := make([]treeStats, len(ents)) // each written by one goroutine
-	g := group{c: p.copier, f: fanout{t: p.sem}}
+	g := p.group()
 	for i := range ents {
 		e := &ents[i]
 		switch e.kind {

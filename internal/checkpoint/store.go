@@ -326,7 +326,6 @@ func (s *Store) hasObject(h hash) bool {
 	return err == nil
 }
 
-// readObject returns a small object (a manifest), checking its hash.
 // openObject opens object h; a missing one is a corrupt store.
 func (s *Store) openObject(h hash) (*os.File, error) {
 	f, err := os.Open(s.objectPath(h))
@@ -339,6 +338,7 @@ func (s *Store) openObject(h hash) (*os.File, error) {
 	return f, nil
 }
 
+// readObject returns a small object (a manifest), checking its hash.
 func (s *Store) readObject(h hash) ([]byte, error) {
 	f, err := s.openObject(h)
 	if err != nil {
