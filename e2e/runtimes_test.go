@@ -102,12 +102,7 @@ func onIsolatingRuntimes(t *testing.T, test func(t *testing.T, runtime string)) 
 // worker runs as an unprivileged uid that must reach its workspace.
 func stateDir(t *testing.T) string {
 	t.Helper()
-	state, err := os.MkdirTemp("", "perimeter-e2e-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	return state
+	return testenv.ShortDir(t)
 }
 
 func bwrapReady() (bool, string) {

@@ -109,9 +109,10 @@ func removeStaleBinaries() {
 	}
 }
 
-// ShortDir is a temporary directory, removed when t ends, whose path is
-// short enough for unix sockets under it (t.TempDir's grow with the
-// test's name).
+// ShortDir is a directory right under $TMPDIR, removed when t ends: its
+// path is short enough for unix sockets under it (t.TempDir's grows with
+// the test's name), and its parents are searchable by the unprivileged
+// uid a sandbox may run as (t.TempDir's are 0700).
 func ShortDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "pt")
