@@ -5,14 +5,17 @@
 // Trust model: sandboxd runs on the hostile side. It holds no credential and
 // decides nothing; every call it receives was already allowed by the
 // supervisor's gate. Its tools are the SDK's agent_toolset_20260401
-// implementations (bash, read, write, edit, glob, grep), reused unchanged so
-// their path confinement and error texts are exactly the SDK's, plus
-// [sandbox.ToolCommand] for operator-declared custom tools. The processes it
-// starts get exactly the environment sandboxd itself was given, which the
-// supervisor built from an allow-list.
+// implementations (read, write, edit, glob, grep), reused unchanged so
+// their path confinement and error texts are exactly the SDK's; bash, whose
+// persistent shell the SDK starts with a second process and a round trip
+// before the first call (a cold sandbox waits for it), keeps the SDK's
+// name, schema and answers on a shell of internal/shell that starts
+// faster; and [sandbox.ToolCommand] runs operator-declared custom tools.
+// The processes it starts get exactly the environment sandboxd itself was
+// given, which the supervisor built from an allow-list.
 //
 // The package stays small on purpose: the standard library, the SDK's
-// agenttoolset and the wire types of internal/sandbox.
+// agenttoolset, internal/shell and the wire types of internal/sandbox.
 package sandboxd
 
 import (
@@ -82,14 +85,16 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opts Options) error
 		MaxFileBytes: opts.MaxFileBytes,
 		Env:          env,
 	})
-	tools = append(tools, &commandTool{workdir: workdir, env: env})
-	defer agenttoolset.CloseAll(tools)
 	configure := &configureTool{env: env}
-	for _, t := range tools {
+	var bash *bashTool
+	for i, t := range tools {
 		if t.Name() == "bash" {
-			configure.bash = t
+			bash = newBashTool(t, workdir, env)
+			tools[i], configure.bash = bash, bash
 		}
 	}
+	tools = append(tools, &commandTool{workdir: workdir, env: env})
+	defer agenttoolset.CloseAll(tools)
 	tools = append(tools, configure)
 
 	ctx, cancelAll := context.WithCancel(ctx)
@@ -111,6 +116,15 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opts Options) error
 		return nil // nobody is listening: same as EOF
 	}
 
+	// Start the persistent shell now (or take the one started while
+	// sandboxd initialised), while the supervisor attaches to the session,
+	// so that the first bash call does not wait for all of it; a sandbox
+	// waiting in a warm pool has it ready. A failure is left for the first
+	// call to report.
+	if bash != nil {
+		_, _ = bash.start()
+	}
+
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
@@ -128,15 +142,6 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opts Options) error
 			}
 		}
 	}()
-
-	// Start the persistent shell now, while the supervisor attaches to the
-	// session, so the first bash call does not pay for it (and a sandbox
-	// waiting in a warm pool has it ready). It runs on this goroutine like
-	// any call, so it never overlaps one; a failure is left for the first
-	// real call to report.
-	if bash, ok := s.tools["bash"]; ok {
-		_, _ = bash.Execute(ctx, json.RawMessage(`{"command":"true"}`))
-	}
 
 	for {
 		// Cancellation wins over queued work: after EOF every queued job
