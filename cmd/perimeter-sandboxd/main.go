@@ -17,6 +17,9 @@ import (
 	"syscall"
 
 	"github.com/perimeterhq/perimeter/internal/sandboxd"
+	// Starts the persistent shell while the rest initialises; sandboxd
+	// adopts it (see internal/shell).
+	_ "github.com/perimeterhq/perimeter/internal/shell/prestart"
 )
 
 func main() {

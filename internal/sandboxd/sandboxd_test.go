@@ -18,6 +18,7 @@ import (
 
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/sandboxd"
+	"github.com/perimeterhq/perimeter/internal/shell/spawn"
 )
 
 // server is a Serve running in the test process, spoken to over pipes.
@@ -443,4 +444,31 @@ func (s *server) output(t *testing.T) string {
 		t.Fatalf("response %+v is not a successful result", got)
 	}
 	return strings.TrimRight(got.Result.Text, "\n")
+}
+
+// TestServeAdoptsThePrestartedShell: the slim sandboxd starts its shell
+// while it initialises (package prestart); Serve, started in the same
+// directory with the same environment, runs its bash calls in that shell
+// rather than a new one.
+func TestServeAdoptsThePrestartedShell(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	spawn.Prestart()
+	s := start(t, sandboxd.Options{Workdir: wd, Env: env})
+	s.hello(t)
+	s.exec(t, 1, "bash", map[string]string{"command": "echo adopted"})
+	if got, want := s.response(t), result(1, "adopted\n\n", false); !cmp.Equal(got, want) {
+		t.Fatalf("bash: %s", cmp.Diff(want, got))
+	}
+	if p := spawn.Adopt(wd, os.Environ()); p != nil {
+		p.Kill()
+		t.Fatal("Serve started a shell of its own and left the prestarted one")
+	}
 }
