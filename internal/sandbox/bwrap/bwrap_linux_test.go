@@ -100,7 +100,8 @@ func script(t *testing.T, body string) string {
 	return path
 }
 
-// newRuntime is a bwrap runtime running the built binary; its log is
+// newRuntime is a bwrap runtime running the slim sandboxd, as the worker
+// runs it (internal/sandboxbin), unless opts names a binary; its log is
 // printed only if the test fails.
 func newRuntime(t testing.TB, opts bwrap.Options) *bwrap.Runtime {
 	t.Helper()
@@ -113,7 +114,7 @@ func newRuntime(t testing.TB, opts bwrap.Options) *bwrap.Runtime {
 		}
 	})
 	if opts.Binary == "" {
-		opts.Binary = binary(t)
+		opts.Binary = slimBinary(t)
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	rt, err := bwrap.New(opts)

@@ -54,9 +54,10 @@ func newRuntime(t testing.TB, oci string, edit ...func(*docker.Options)) *docker
 		Client:     cli,
 		Image:      imagetest.Image(t),
 		OCIRuntime: oci,
-		Binary:     testenv.Binary(t),
-		WorkerID:   worker,
-		Logger:     slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// The slim sandboxd, as the worker runs it (internal/sandboxbin).
+		Binary:   filepath.Join(filepath.Dir(testenv.Binary(t)), "perimeter-sandboxd"),
+		WorkerID: worker,
+		Logger:   slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	for _, e := range edit {
 		e(&opts)
