@@ -247,14 +247,15 @@ func (s *server) accept(id uint64, call sandbox.Call) {
 	}
 }
 
-// run executes one job and answers it.
+// run executes one job and answers it. The id is free again before the
+// answer leaves: a supervisor may reuse it as soon as it has the answer.
 func (s *server) run(j *job) {
-	defer s.finish(j)
-	if j.ctx.Err() != nil {
-		s.answer(j.id, sandbox.Result{Text: "call cancelled before it started", IsError: true})
-		return
+	res := sandbox.Result{Text: "call cancelled before it started", IsError: true}
+	if j.ctx.Err() == nil {
+		res = s.exec(j.ctx, j.call)
 	}
-	s.answer(j.id, s.exec(j.ctx, j.call))
+	s.finish(j)
+	s.answer(j.id, res)
 }
 
 func (s *server) finish(j *job) {
