@@ -73,6 +73,20 @@ func TestBashMatchesSDK(t *testing.T) {
 // two shells.
 var jobPID = regexp.MustCompile(`\[1\] [0-9]+`)
 
+// TestBashStartFailureMatchesSDK: a shell that cannot start (here, its
+// workdir is gone) is reported in the SDK's words.
+func TestBashStartFailureMatchesSDK(t *testing.T) {
+	gone := filepath.Join(t.TempDir(), "gone")
+	env := map[string]string{"PATH": os.Getenv("PATH")}
+	sdk := agenttoolset.BetaBashTool(&agenttoolset.AgentToolContext{Workdir: gone, Env: env})
+	own := newBashTool(agenttoolset.BetaBashTool(&agenttoolset.AgentToolContext{Workdir: gone, Env: env}), gone, env)
+	defer own.Close()
+	call := `{"command":"echo hi"}`
+	if got, want := answer(own, call), answer(sdk, call); got != want || !strings.Contains(got, "start bash pty") {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
 // answer is a call's result as one comparable string.
 func answer(tool anthropic.BetaTool, input string) string {
 	return jobPID.ReplaceAllString(execute(tool, input), "[1] PID")

@@ -186,7 +186,9 @@ func (s *Session) wait(ctx context.Context, sentinel string, timeout time.Durati
 		out := append([]byte(nil), s.buf.Bytes()...)
 		truncated := s.truncated
 		s.mu.Unlock()
-		if i := bytes.Index(out, []byte(sentinel)); i >= 0 {
+		// The sentinel counts once the line with the status after it is
+		// whole: a read may end between the two.
+		if i := bytes.Index(out, []byte(sentinel)); i >= 0 && bytes.IndexByte(out[i+len(sentinel):], '\n') >= 0 {
 			var code int
 			if n, err := fmt.Fscan(bytes.NewReader(out[i+len(sentinel):]), &code); err != nil || n != 1 {
 				code = -1 // the framing is corrupt: not a success

@@ -10,7 +10,7 @@ import (
 func start(dir string, env []string) (*Proc, error) {
 	ptmx, tty, err := openPTY()
 	if err != nil {
-		return nil, &os.PathError{Op: "start bash pty", Path: "/dev/ptmx", Err: err}
+		return nil, startError{err}
 	}
 	defer tty.Close()
 	// Off before bash reads its first line: its line editor then echoes
@@ -22,7 +22,7 @@ func start(dir string, env []string) (*Proc, error) {
 	}
 	if err != nil {
 		ptmx.Close()
-		return nil, &os.PathError{Op: "start bash pty", Path: tty.Name(), Err: err}
+		return nil, startError{err}
 	}
 	proc, err := os.StartProcess("/bin/bash", []string{"/bin/bash", "--noprofile", "--norc"}, &os.ProcAttr{
 		Dir:   dir,
@@ -32,7 +32,7 @@ func start(dir string, env []string) (*Proc, error) {
 	})
 	if err != nil {
 		ptmx.Close()
-		return nil, err
+		return nil, startError{err}
 	}
 	return &Proc{PTY: ptmx, Process: proc, Dir: dir, Env: env}, nil
 }

@@ -8,7 +8,7 @@ import (
 )
 
 func start(string, []string) (*Proc, error) {
-	return nil, errors.New("start bash pty: the persistent shell needs Linux")
+	return nil, startError{errors.New("the persistent shell needs Linux")}
 }
 
 func killGroup(p *os.Process) { _ = p.Kill() }

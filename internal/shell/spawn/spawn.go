@@ -7,8 +7,10 @@ package spawn
 
 import (
 	"os"
+	"os/signal"
 	"slices"
 	"sync"
+	"syscall"
 )
 
 // Setup is written to every shell as it starts: job-control notices would
@@ -80,8 +82,22 @@ var early struct {
 // environment), called early in its initialisation, so that the shell
 // starts meanwhile. Call it at most once. A failure is not reported: Adopt
 // then returns nil, and the caller starts a shell as it would have.
+//
+// Nothing sandboxd's main does before its tools start may change what a
+// shell inherits, or the prestarted one would differ from one started
+// later. Main handles SIGINT, SIGTERM and SIGPIPE, which resets them to
+// the default in the processes it starts; a prestarted shell would keep
+// them ignored if sandboxd was started with them ignored, so Prestart then
+// starts nothing.
 func Prestart() {
+	if early.started != nil {
+		return
+	}
 	early.started = make(chan struct{})
+	if signal.Ignored(syscall.SIGINT) || signal.Ignored(syscall.SIGTERM) || signal.Ignored(syscall.SIGPIPE) {
+		close(early.started)
+		return
+	}
 	go func() {
 		defer close(early.started)
 		dir, err := os.Getwd()
@@ -122,6 +138,22 @@ func Adopt(dir string, env []string) *Proc {
 	return nil
 }
 
+// PrestartedPID is the process id of the shell Prestart started, once the
+// start has ended, while nobody has adopted it; otherwise 0. It is for
+// diagnostics and tests.
+func PrestartedPID() int {
+	if early.started == nil {
+		return 0
+	}
+	<-early.started
+	early.mu.Lock()
+	defer early.mu.Unlock()
+	if early.p == nil {
+		return 0
+	}
+	return early.p.Process.Pid
+}
+
 func sameSet(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
@@ -131,3 +163,10 @@ func sameSet(a, b []string) bool {
 	slices.Sort(b)
 	return slices.Equal(a, b)
 }
+
+// startError is a failure to start the shell, worded as the SDK's:
+// "start bash pty: <cause>".
+type startError struct{ err error }
+
+func (e startError) Error() string { return "start bash pty: " + e.err.Error() }
+func (e startError) Unwrap() error { return e.err }

@@ -2,7 +2,10 @@ package spawn
 
 import (
 	"bytes"
+	"errors"
+	"io/fs"
 	"os"
+	"os/signal"
 	"syscall"
 	"testing"
 	"time"
@@ -122,7 +125,57 @@ func TestBashFailsClearlyInAMissingDirectory(t *testing.T) {
 		p.Kill()
 		t.Fatal("started")
 	}
-	if !os.IsNotExist(err) {
+	// Worded as the SDK's: the bash tool shows it to the model.
+	if !errors.Is(err, fs.ErrNotExist) || err.Error() != "start bash pty: fork/exec /bin/bash: no such file or directory" {
 		t.Errorf("got %v", err)
+	}
+}
+
+func TestPrestartedPIDIsTheShellUntilAdopted(t *testing.T) {
+	p := prestarted(t)
+	if got := PrestartedPID(); got != p.Process.Pid {
+		t.Fatalf("PrestartedPID = %d, want %d", got, p.Process.Pid)
+	}
+	wd, _ := os.Getwd()
+	if Adopt(wd, os.Environ()) != p {
+		t.Fatal("not adopted")
+	}
+	defer p.Kill()
+	if got := PrestartedPID(); got != 0 {
+		t.Errorf("PrestartedPID after Adopt = %d, want 0", got)
+	}
+}
+
+func TestPrestartStartsNothingWhenASignalMainHandlesIsIgnored(t *testing.T) {
+	// A shell started now would keep it ignored; one started after main
+	// has handled it gets the default (see Prestart).
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE} {
+		t.Run(sig.String(), func(t *testing.T) {
+			signal.Ignore(sig)
+			defer func() {
+				// Reset alone leaves the signal reported ignored;
+				// Notify clears that.
+				c := make(chan os.Signal, 1)
+				signal.Notify(c, sig)
+				signal.Reset(sig)
+			}()
+			Prestart()
+			defer func() { early.started = nil }()
+			if pid := PrestartedPID(); pid != 0 {
+				wd, _ := os.Getwd()
+				if p := Adopt(wd, os.Environ()); p != nil {
+					p.Kill()
+				}
+				t.Fatalf("started shell %d with %v ignored", pid, sig)
+			}
+		})
+	}
+}
+
+func TestASecondPrestartKeepsTheFirstShell(t *testing.T) {
+	p := prestarted(t)
+	Prestart()
+	if got := PrestartedPID(); got != p.Process.Pid {
+		t.Errorf("after a second Prestart, PrestartedPID = %d, want the first shell's %d", got, p.Process.Pid)
 	}
 }
