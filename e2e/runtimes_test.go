@@ -59,7 +59,7 @@ func TestShippedScenariosPassOnEveryIsolatingRuntime(t *testing.T) {
 // directory and started its sandboxes with it.
 func checkSlimSandboxd(t *testing.T, state, log string) {
 	t.Helper()
-	want, err := os.ReadFile(filepath.Join(filepath.Dir(testenv.Binary(t)), "perimeter-sandboxd"))
+	want, err := os.ReadFile(testenv.Sandboxd(t))
 	if err != nil {
 		t.Fatal(err)
 	}

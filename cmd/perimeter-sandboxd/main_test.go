@@ -3,11 +3,11 @@ package main_test
 import (
 	"bufio"
 	"bytes"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // TestTheShellStartsBeforeTheSDKInitialises: the slim sandboxd's point is
@@ -16,14 +16,8 @@ import (
 // (tested in internal/sandboxd). Go's own trace of package initialisation
 // gives the order.
 func TestTheShellStartsBeforeTheSDKInitialises(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "perimeter-sandboxd")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
 	ws := t.TempDir()
-	cmd := exec.Command(bin, "sandboxd", "--workdir", ws)
+	cmd := exec.Command(testenv.Sandboxd(t), "sandboxd", "--workdir", ws)
 	cmd.Dir = ws
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "GODEBUG=inittrace=1"}
 	var stdout, stderr bytes.Buffer

@@ -87,6 +87,14 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
+// Sandboxd is the slim sandboxd (cmd/perimeter-sandboxd) that Binary
+// builds next to the perimeter binary and embeds in it: the executable the
+// worker installs and starts in its sandboxes.
+func Sandboxd(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(filepath.Dir(Binary(t)), "perimeter-sandboxd")
+}
+
 // binPrefix names the directories Binary builds into:
 // binPrefix<pid>-<random>, by the test process's pid.
 const binPrefix = "perimeter-testbin-"

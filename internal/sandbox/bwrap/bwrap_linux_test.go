@@ -55,16 +55,15 @@ var (
 )
 
 // binary is the perimeter binary, where the sandbox's host uid can read it.
-func binary(t testing.TB) string { return shared(t, "perimeter") }
+func binary(t testing.TB) string { return shared(t, testenv.Binary(t)) }
 
 // slimBinary is the slim sandboxd testenv builds alongside it.
-func slimBinary(t testing.TB) string { return shared(t, "perimeter-sandboxd") }
+func slimBinary(t testing.TB) string { return shared(t, testenv.Sandboxd(t)) }
 
-// shared copies a file testenv built next to the perimeter binary to
-// sharedDir, once.
-func shared(t testing.TB, name string) string {
+// shared copies a file testenv built to sharedDir, once.
+func shared(t testing.TB, built string) string {
 	t.Helper()
-	built := filepath.Join(filepath.Dir(testenv.Binary(t)), name)
+	name := filepath.Base(built)
 	binMu.Lock()
 	defer binMu.Unlock()
 	if path, ok := copied[name]; ok {

@@ -55,7 +55,7 @@ func newRuntime(t testing.TB, oci string, edit ...func(*docker.Options)) *docker
 		Image:      imagetest.Image(t),
 		OCIRuntime: oci,
 		// The slim sandboxd, as the worker runs it (internal/sandboxbin).
-		Binary:   filepath.Join(filepath.Dir(testenv.Binary(t)), "perimeter-sandboxd"),
+		Binary:   testenv.Sandboxd(t),
 		WorkerID: worker,
 		Logger:   slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
