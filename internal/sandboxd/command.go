@@ -17,11 +17,12 @@ import (
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/shell"
 )
 
-// commandOutputLimit caps a command's merged output, keeping the tail, like
-// the SDK's bash tool.
-const commandOutputLimit = 100 * 1024
+// commandOutputLimit caps a command's merged output, keeping the tail, as
+// the bash tool's is.
+const commandOutputLimit = shell.OutputLimit
 
 // commandWaitDelay bounds how long a finished command's pipes may be held
 // open by a process that escaped its process group.

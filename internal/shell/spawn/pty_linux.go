@@ -34,7 +34,7 @@ func start(dir string, env []string) (*Proc, error) {
 		ptmx.Close()
 		return nil, startError{err}
 	}
-	return &Proc{PTY: ptmx, Process: proc, Dir: dir, Env: env}, nil
+	return &Proc{PTY: ptmx, Process: proc, Dir: dir}, nil
 }
 
 // openPTY opens a new terminal pair, as creack/pty does on Linux.

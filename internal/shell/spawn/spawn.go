@@ -1,8 +1,9 @@
 // Package spawn starts the persistent shell's bash on a new
 // pseudo-terminal. It imports little beyond os and syscall, so that a
 // program can start the shell early in its initialisation ([Prestart]): Go
-// initialises a package only once everything it imports is. Package shell
-// runs the commands.
+// initialises a package only once everything it imports is (importing
+// strings alone moved the start from right after os to some 40 packages
+// later). Package shell runs the commands.
 package spawn
 
 import (
@@ -29,8 +30,7 @@ var overrides = []string{"PS1=", "PS2=", "TERM=", "HISTFILE="}
 type Proc struct {
 	PTY     *os.File // the terminal's controlling side: the shell's input and output
 	Process *os.Process
-	Dir     string   // its first working directory
-	Env     []string // its whole environment
+	Dir     string // its first working directory
 }
 
 // Bash starts /bin/bash --noprofile --norc in dir with exactly env plus
@@ -40,12 +40,7 @@ type Proc struct {
 // its own. [Setup] is written to it at once.
 func Bash(dir string, env []string) (*Proc, error) {
 	env = slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
-		for _, o := range overrides {
-			if len(kv) >= len(o) && kv[:len(o)] == o {
-				return true
-			}
-		}
-		return false
+		return slices.ContainsFunc(overrides, func(o string) bool { return len(kv) >= len(o) && kv[:len(o)] == o })
 	})
 	env = append(env, "PS1=", "PS2=", "TERM=dumb", "HISTFILE=")
 	p, err := start(dir, env)
@@ -54,7 +49,7 @@ func Bash(dir string, env []string) (*Proc, error) {
 	}
 	if _, err := p.PTY.WriteString(Setup); err != nil {
 		p.Kill()
-		return nil, err
+		return nil, startError{err}
 	}
 	return p, nil
 }
