@@ -66,6 +66,13 @@ func (t *bashTool) start() (*shell.Session, error) {
 	return s, nil
 }
 
+// running is the shell if one runs, else nil.
+func (t *bashTool) running() *shell.Session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sess
+}
+
 // restart closes the shell; the next call starts another.
 func (t *bashTool) restart() error {
 	t.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/shell/spawn"
 )
 
 // configureTool is [sandbox.ToolConfigure]: it adds variables to the
@@ -20,7 +21,7 @@ import (
 // runs in a warm sandbox.
 type configureTool struct {
 	env  map[string]string
-	bash anthropic.BetaTool // nil when there is no bash tool
+	bash *bashTool // nil when there is no bash tool
 }
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -59,9 +60,13 @@ func (t *configureTool) Execute(ctx context.Context, raw json.RawMessage) ([]ant
 	var export strings.Builder
 	for _, k := range names {
 		t.env[k] = in.Env[k]
-		export.WriteString("export " + k + "=" + shellQuote(in.Env[k]) + "\n")
+		// The shell keeps its own prompt, terminal and history file, as a
+		// shell started with these variables would (spawn.Bash).
+		if !spawn.Overridden(k) {
+			export.WriteString("export " + k + "=" + shellQuote(in.Env[k]) + "\n")
+		}
 	}
-	if t.bash != nil {
+	if t.bash != nil && export.Len() > 0 {
 		if err := t.source(ctx, export.String()); err != nil {
 			return nil, fmt.Errorf("%s: export in the shell: %v", sandbox.ToolConfigure, err)
 		}
@@ -69,10 +74,15 @@ func (t *configureTool) Execute(ctx context.Context, raw json.RawMessage) ([]ant
 	return textResult(fmt.Sprintf("set %s", strings.Join(names, " "))), nil
 }
 
-// source runs script in the persistent shell from a temporary file: the
-// shell's line editor takes a command typed on its terminal a character at
-// a time (about 5 µs each, and more in a sandbox), so a long one is slow.
+// source runs script in the persistent shell, if one runs (one started
+// later gets t.env), from a temporary file: the shell's line editor takes
+// a command typed on its terminal a character at a time, so a long one is
+// slow (BenchmarkConfigure).
 func (t *configureTool) source(ctx context.Context, script string) error {
+	sess := t.bash.running()
+	if sess == nil {
+		return nil
+	}
 	f, err := os.CreateTemp("", "perimeter-env-")
 	if err != nil {
 		return err
@@ -85,13 +95,13 @@ func (t *configureTool) source(ctx context.Context, script string) error {
 	if err != nil {
 		return err
 	}
-	input, _ := json.Marshal(map[string]string{"command": ". " + shellQuote(f.Name())})
-	out, err := t.bash.Execute(ctx, input)
+	out, code, err := sess.Exec(ctx, ". "+shellQuote(f.Name()), 0)
 	if err != nil {
+		_ = t.bash.restart() // its state is unknown; the next one starts with t.env
 		return err
 	}
-	if s := resultText(out); strings.TrimSpace(s) != "" {
-		return fmt.Errorf("the shell said %q", s)
+	if out = strings.TrimSpace(out); out != "" || code != 0 {
+		return fmt.Errorf("the shell said %q (exit status %d)", out, code)
 	}
 	return nil
 }

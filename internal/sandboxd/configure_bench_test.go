@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	anthropic "github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/tools/agenttoolset"
 )
 
@@ -28,9 +27,10 @@ func BenchmarkConfigure(b *testing.B) {
 	}
 	typedInput, _ := json.Marshal(map[string]string{"command": typed.String()})
 
-	bash := agenttoolset.BetaBashTool(&agenttoolset.AgentToolContext{Workdir: b.TempDir(), Env: map[string]string{"PATH": "/usr/bin:/bin"}})
-	defer agenttoolset.CloseAll([]anthropic.BetaTool{bash})
-	c := &configureTool{env: map[string]string{}, bash: bash}
+	dir, shellEnv := b.TempDir(), map[string]string{"PATH": "/usr/bin:/bin"}
+	bash := newBashTool(agenttoolset.BetaBashTool(&agenttoolset.AgentToolContext{Workdir: dir, Env: shellEnv}), dir, shellEnv)
+	defer bash.Close()
+	c := &configureTool{env: shellEnv, bash: bash}
 	if _, err := bash.Execute(context.Background(), json.RawMessage(`{"command":"true"}`)); err != nil {
 		b.Fatal(err)
 	}

@@ -420,6 +420,25 @@ func TestConfigureSetsTheEnvironmentOfLaterCommands(t *testing.T) {
 	}
 }
 
+// TestConfigureLeavesTheShellItsPromptAndTerminal: the variables a new
+// shell sets itself whatever its environment says (PS1, PS2, TERM,
+// HISTFILE) are not exported into a running one either, so its output
+// stays what a new shell's would be.
+func TestConfigureLeavesTheShellItsPromptAndTerminal(t *testing.T) {
+	s := start(t, sandboxd.Options{Env: map[string]string{"PATH": "/usr/bin:/bin"}})
+	s.hello(t)
+	s.exec(t, 1, "bash", map[string]string{"command": "true"})
+	s.output(t)
+	s.exec(t, 2, sandbox.ToolConfigure, map[string]any{"env": map[string]string{"PS1": "PROMPT> ", "TERM": "xterm", "OTHER": "set"}})
+	if got := s.response(t); got.Result == nil || got.Result.IsError || got.Result.Text != "set OTHER PS1 TERM" {
+		t.Fatalf("configure: %+v", got)
+	}
+	s.exec(t, 3, "bash", map[string]string{"command": `echo "$OTHER|$PS1|$TERM"`})
+	if got := s.output(t); got != "set||dumb" {
+		t.Fatalf("running shell: %q, want %q", got, "set||dumb")
+	}
+}
+
 func TestConfigureRefusesInvalidNames(t *testing.T) {
 	s := start(t, sandboxd.Options{Env: map[string]string{"PATH": "/usr/bin:/bin"}})
 	s.hello(t)

@@ -26,6 +26,12 @@ const (
 // overrides are the variables Bash sets, whatever env says.
 var overrides = []string{"PS1=", "PS2=", "TERM=", "HISTFILE="}
 
+// Overridden reports whether Bash sets the variable name, whatever the
+// environment it is given says.
+func Overridden(name string) bool {
+	return slices.Contains(overrides, name+"=")
+}
+
 // Proc is a started shell.
 type Proc struct {
 	PTY     *os.File // the terminal's controlling side: the shell's input and output
