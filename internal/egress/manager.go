@@ -143,12 +143,9 @@ type Session struct {
 	// placeholders.
 	Env map[string]string
 
-	proxy  *Proxy
-	dir    string
-	mu     sync.Mutex     // guards closed, and served.Add against Close
-	closed bool           // Close has begun
-	served sync.WaitGroup // the listeners the proxy serves
-	once   sync.Once
+	proxy *Proxy
+	dir   string
+	once  sync.Once
 }
 
 // SessionOptions are the per-session hooks of a proxy.
@@ -208,30 +205,14 @@ func (m *Manager) Open(o SessionOptions) (*Session, error) {
 
 // serve has the proxy accept connections on l: the session's own socket,
 // and any handed over (see [sandbox.Egress]). Close closes them.
-func (s *Session) serve(l net.Listener) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		l.Close()
-		return
-	}
-	s.served.Add(1)
-	go func() {
-		defer s.served.Done()
-		_ = s.proxy.Serve(l)
-	}()
-}
+func (s *Session) serve(l net.Listener) { go s.proxy.Serve(l) }
 
 // Close stops the proxy, waits for its requests to end and removes the
 // socket and CA bundle.
 func (s *Session) Close() error {
 	var err error
 	s.once.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
 		err = s.proxy.Close()
-		s.served.Wait()
 		if rerr := os.RemoveAll(s.dir); err == nil {
 			err = rerr
 		}

@@ -108,7 +108,7 @@ type Proxy struct {
 	closed       bool                  // guarded by mu
 	innerStarted bool                  // guarded by mu
 	tracked      map[net.Conn]struct{} // guarded by mu: connections taken over from the servers
-	// handlers counts request handlers in flight and the inner server's
+	// handlers counts request handlers in flight, Serve calls, and the inner server's
 	// Serve; Add only under mu while !closed, so that Close can Wait.
 	handlers sync.WaitGroup
 
@@ -232,7 +232,8 @@ func NewProxy(opts Options) (*Proxy, error) {
 func (p *Proxy) CACertPEM() []byte { return bytes.Clone(p.ca.certPEM) }
 
 // Serve answers proxy requests from the sandbox on l until Close; it then
-// returns nil. l is closed when Serve returns.
+// returns nil. l is closed when Serve returns, and Close waits for it to.
+// Serve may be called for more than one listener.
 func (p *Proxy) Serve(l net.Listener) error {
 	p.mu.Lock()
 	if p.closed {
@@ -240,6 +241,8 @@ func (p *Proxy) Serve(l net.Listener) error {
 		l.Close()
 		return net.ErrClosed
 	}
+	p.handlers.Add(1)
+	defer p.handlers.Done()
 	if !p.innerStarted {
 		p.innerStarted = true
 		p.handlers.Add(1)
