@@ -23,7 +23,7 @@ func NewEgressDir(dir string, bundle []byte) (*Egress, net.Listener, error) {
 	if err := os.Mkdir(dir, 0o711); err != nil {
 		return nil, nil, err
 	}
-	e := &Egress{Socket: EgressSocketPath(dir), CABundle: filepath.Join(dir, "ca.pem")}
+	e := &Egress{Socket: EgressSocketPath(dir), CABundle: filepath.Join(dir, "ca.pem"), CABundlePEM: bundle}
 	err := os.WriteFile(e.CABundle, bundle, 0o644)
 	var l net.Listener
 	if err == nil {

@@ -27,6 +27,9 @@ func TestNewEgressDir(t *testing.T) {
 			t.Errorf("%s: %v, %v; want %v", path, fi.Mode(), err, want)
 		}
 	}
+	if string(eg.CABundlePEM) != "ROOTS" {
+		t.Errorf("CABundlePEM = %q, want what was written", eg.CABundlePEM)
+	}
 	if b, _ := os.ReadFile(eg.CABundle); string(b) != "ROOTS" {
 		t.Errorf("bundle %q", b)
 	}

@@ -51,6 +51,9 @@ type Spec struct {
 type Egress struct {
 	Socket   string
 	CABundle string
+	// CABundlePEM is CABundle's content, for a warm sandbox (see Serve)
+	// to be given in place of its own.
+	CABundlePEM []byte
 	// Serve, when set, has the proxy also accept connections on l, a
 	// listener of the caller's, until the proxy stops: a sandbox started
 	// before its session (a warm one) has a socket of its own mounted,

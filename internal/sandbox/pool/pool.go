@@ -179,11 +179,7 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 		// In place: the sandbox has this file (its inode) mounted, and
 		// sees the new content (gVisor too: its bind mounts are shared
 		// with the host by default, --file-access-mounts=shared).
-		bundle, err := os.ReadFile(spec.Egress.CABundle)
-		if err == nil {
-			err = os.WriteFile(w.slot.eg.CABundle, bundle, 0o644)
-		}
-		if err != nil {
+		if err := os.WriteFile(w.slot.eg.CABundle, spec.Egress.CABundlePEM, 0o644); err != nil {
 			return cold("could not give a warm sandbox the session's CA bundle", err)
 		}
 	}

@@ -253,9 +253,7 @@ func TestWarmSandboxesServeEgressSessions(t *testing.T) {
 			spec := sandbox.Spec{Workspace: sessionDir(t)}
 			accepted := make(chan net.Conn, 1)
 			if withProxy {
-				bundle := filepath.Join(t.TempDir(), "ca.pem")
-				os.WriteFile(bundle, []byte("SESSION CA"), 0o644)
-				spec.Egress = &sandbox.Egress{Socket: "/unused", CABundle: bundle, Serve: func(l net.Listener) {
+				spec.Egress = &sandbox.Egress{Socket: "/unused", CABundle: "/unused", CABundlePEM: []byte("SESSION CA"), Serve: func(l net.Listener) {
 					go func() {
 						if c, err := l.Accept(); err == nil {
 							accepted <- c
