@@ -21,6 +21,7 @@ import (
 
 	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // fetchRuntime wraps a runtime: a bash call "fetch URL" is answered by an
@@ -99,13 +100,8 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
     expect: {is_error: false, contains: ["403", "blocked.test"]}
   - end: terminate
 `)})
-	dir, err := os.MkdirTemp("", "eg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	m, err := egress.NewManager(egress.ManagerOptions{
-		Dir: dir,
+		Dir: testenv.ShortDir(t),
 		Config: func() egress.Config {
 			return egress.Config{
 				Rules: []egress.Rule{{Name: "upstream", Hosts: []string{"127.0.0.1"}, Ports: []int{portN}}},

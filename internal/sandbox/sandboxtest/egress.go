@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/sandbox/pool"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // EgressOptions configure RunEgress.
@@ -84,7 +84,9 @@ func (loopbackResolver) LookupIPAddr(context.Context, string) ([]net.IPAddr, err
 // RunEgress runs the egress suite against sandboxes of rt, each reaching a
 // real per-session proxy through the runtime's egress mounts.
 func RunEgress(t *testing.T, rt sandbox.Runtime, opts EgressOptions) {
-	opts.Dir = egressDir(t, opts.Dir)
+	if opts.Dir == "" {
+		opts.Dir = testenv.ShortDir(t)
+	}
 	e := &egressEnv{canary: "canary-" + randomHex(12)}
 	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -191,7 +193,9 @@ func RunEgress(t *testing.T, rt sandbox.Runtime, opts EgressOptions) {
 // Every case must hold as for a cold sandbox, and the session must get the
 // warm one.
 func RunEgressWarm(t *testing.T, rt sandbox.Runtime, opts EgressOptions) {
-	opts.Dir = egressDir(t, opts.Dir)
+	if opts.Dir == "" {
+		opts.Dir = testenv.ShortDir(t)
+	}
 	rec := &creations{Runtime: rt}
 	p, err := pool.New(rec, pool.Options{Size: 1, Dir: filepath.Join(opts.Dir, "pool"), Env: AllowList(), Egress: true,
 		Logger: slog.New(slog.DiscardHandler)})
@@ -230,19 +234,6 @@ func (c *creations) made(session string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Contains(c.sessions, session)
-}
-
-// egressDir is dir, or a new directory in os.TempDir removed when t ends.
-func egressDir(t *testing.T, dir string) string {
-	if dir != "" {
-		return dir
-	}
-	dir, err := os.MkdirTemp("", "perimeter-egress-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // egressSessionID is the session RunEgress creates its sandbox for.
