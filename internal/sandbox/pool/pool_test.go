@@ -365,6 +365,32 @@ func TestReplacementWaitsForTheFirstCall(t *testing.T) {
 	}
 }
 
+// TestReplacementStartsAfterRefillAfterWhileTheFirstCallRuns: a first
+// call that runs long does not keep the pool empty past refillAfter.
+func TestReplacementStartsAfterRefillAfterWhileTheFirstCallRuns(t *testing.T) {
+	rt := &fakeRuntime{}
+	p := newPool(t, rt, nil)
+	p.refillAfter = 20 * time.Millisecond
+	waitReady(t, p, 1)
+	sb, err := p.Create(context.Background(), sandbox.Spec{SessionID: "sesn_1", Workspace: sessionDir(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := sb.(*handed).Sandbox.(*fakeSandbox)
+	fake.hold = make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = sb.Exec(context.Background(), sandbox.Call{Tool: "bash"})
+	}()
+	waitReady(t, p, 1) // while the call still runs
+	close(fake.hold)
+	<-done
+	if n := rt.count(); n != 2 {
+		t.Fatalf("%d sandboxes created, want the warm one and one replacement", n)
+	}
+}
+
 // A pool's directory is its own: what a worker that stopped without closing
 // its pool left there (warm workspaces, egress sockets) goes at New, and
 // Close removes what it started.
