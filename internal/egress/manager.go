@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sync"
 
@@ -38,9 +37,6 @@ type EnvCredential struct {
 	Env string
 }
 
-// envName is what a credential's variable may be called.
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
 // The variables Open sets itself: the proxy's address, and where the CA
 // bundle is for the tools that read a variable rather than the system
 // bundle. No credential may use them.
@@ -61,7 +57,7 @@ func CheckRule(r Rule) error {
 // would, and with its variable, without naming the credential.
 func CheckCredential(c EnvCredential) error {
 	switch {
-	case !envName.MatchString(c.Env):
+	case !sandbox.ValidEnvName(c.Env):
 		return fmt.Errorf("env %q is not a valid variable name", c.Env)
 	case slices.Contains(proxyEnv, c.Env) || slices.Contains(noProxy, c.Env) || slices.Contains(caEnv, c.Env):
 		return fmt.Errorf("env %s is set by the egress proxy itself", c.Env)

@@ -354,3 +354,14 @@ func jsonNumber(id uint64) string {
 	b, _ := json.Marshal(id)
 	return string(b)
 }
+
+func TestValidEnvName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"PATH": true, "_x1": true, "GITHUB_TOKEN": true,
+		"": false, "1X": false, "A-B": false, "A=B": false, "A B": false, "É": false,
+	} {
+		if got := sandbox.ValidEnvName(name); got != want {
+			t.Errorf("ValidEnvName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

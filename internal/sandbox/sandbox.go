@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"regexp"
 	"time"
 )
 
@@ -194,3 +195,11 @@ const (
 
 // DefaultStartTimeout bounds how long Create waits for sandboxd's hello.
 const DefaultStartTimeout = 30 * time.Second
+
+// envName is what an environment variable given to a sandbox may be
+// called: what a shell can export.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ValidEnvName reports whether name can be a sandbox's environment
+// variable (one a shell can export).
+func ValidEnvName(name string) bool { return envName.MatchString(name) }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -23,8 +22,6 @@ type configureTool struct {
 	env  map[string]string
 	bash *bashTool // nil when there is no bash tool
 }
-
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 func (t *configureTool) Name() string { return sandbox.ToolConfigure }
 
@@ -48,7 +45,7 @@ func (t *configureTool) Execute(ctx context.Context, raw json.RawMessage) ([]ant
 	}
 	names := make([]string, 0, len(in.Env))
 	for k, v := range in.Env {
-		if !envName.MatchString(k) || strings.ContainsRune(v, 0) {
+		if !sandbox.ValidEnvName(k) || strings.ContainsRune(v, 0) {
 			return nil, fmt.Errorf("%s: %q is not a valid variable", sandbox.ToolConfigure, k)
 		}
 		names = append(names, k)
