@@ -30,7 +30,7 @@ func checkpointDir(cfg *config.Config) string {
 // openCheckpoints opens the worker's checkpoint store and prunes it by the
 // configured retention, now and every pruneInterval until close. A second
 // worker on the same state directory gets a store of its own, and says so.
-func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *checkpoint.Store, close func(), err error) {
+func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *checkpoint.Store, closeStore func(), err error) {
 	if cfg.Checkpoints.Disabled {
 		log.Warn("workspace checkpoints are disabled (checkpoints.disabled)")
 		return nil, func() {}, nil
@@ -47,12 +47,13 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 	} else if err := s.ChangeTracking(); err != nil {
 		log.Warn("checkpoints cannot track changes here and stat every file of the workspace", slog.Any("reason", err))
 	}
-	rep, err := s.Prune(ctx, retention(cfg))
+	keep := retention(cfg)
+	rep, err := s.Prune(ctx, keep)
 	if err != nil {
 		log.Warn("pruning checkpoints failed", slog.Any("error", err))
 	}
 	log.Info("checkpoint store open", slog.String("dir", dir), slog.Int("checkpoints", rep.Kept), slog.Int64("bytes", rep.Bytes), slog.Int("pruned", rep.Removed))
-	stop := pruneEvery(s, retention(cfg), pruneInterval, log)
+	stop := pruneEvery(s, keep, pruneInterval, log)
 	return s, func() {
 		stop()
 		s.Close()
