@@ -302,8 +302,11 @@ func bench(ctx context.Context, p *benchPlane, name string, n int, newRT func() 
 			}
 		}
 		acked, d, err := p.serveOne(ctx)
-		if err == nil && i > 0 && rec != nil {
-			tl.add(acked, rec.Ended())
+		if rec != nil {
+			if err == nil && i > 0 {
+				tl.add(acked, rec.Ended())
+			}
+			rec.Reset()
 		}
 		if err != nil {
 			r.skipped = fmt.Sprintf("after %d sessions: %s", len(r.samples), oneLine(err))

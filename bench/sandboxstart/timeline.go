@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,27 +16,23 @@ import (
 // and ended relative to the session's claim, to show where the claim path's
 // time goes.
 type timeline struct {
-	seen   map[string]bool // span ids already counted
 	starts map[string][]time.Duration
 	ends   map[string][]time.Duration
 }
 
 func newTimeline() *timeline {
-	return &timeline{seen: map[string]bool{}, starts: map[string][]time.Duration{}, ends: map[string][]time.Duration{}}
+	return &timeline{starts: map[string][]time.Duration{}, ends: map[string][]time.Duration{}}
 }
 
-// add takes the spans of the session claimed at acked: of the ended spans
-// not yet counted that started at or after the claim (the work span starts
-// a moment before acked is stamped: 5 ms of slack), the earliest of each
-// name.
+// add takes the spans of the session claimed at acked, from those that
+// ended since the previous session's were taken (the caller resets its
+// recorder): of those that started at or after the claim (the work span
+// starts a moment before acked is stamped: 5 ms of slack; a span of the
+// previous session that ended late started long before), the earliest of
+// each name.
 func (t *timeline) add(acked time.Time, ended []sdktrace.ReadOnlySpan) {
 	first := map[string]sdktrace.ReadOnlySpan{}
 	for _, s := range ended {
-		id := s.SpanContext().SpanID().String()
-		if t.seen[id] {
-			continue
-		}
-		t.seen[id] = true
 		if s.StartTime().Before(acked.Add(-5 * time.Millisecond)) {
 			continue
 		}
@@ -51,14 +48,19 @@ func (t *timeline) add(acked time.Time, ended []sdktrace.ReadOnlySpan) {
 }
 
 func (t *timeline) String() string {
-	names := make([]string, 0, len(t.starts))
-	for n := range t.starts {
-		names = append(names, n)
+	type row struct {
+		name       string
+		start, end time.Duration
+		n          int
 	}
-	slices.SortFunc(names, func(a, b string) int { return int(stats.Median(t.starts[a]) - stats.Median(t.starts[b])) })
+	rows := make([]row, 0, len(t.starts))
+	for n, starts := range t.starts {
+		rows = append(rows, row{n, stats.Median(starts), stats.Median(t.ends[n]), len(starts)})
+	}
+	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(a.start, b.start) })
 	var b strings.Builder
-	for _, n := range names {
-		fmt.Fprintf(&b, "  %8.1f ms → %8.1f ms  %s (%d)\n", ms(stats.Median(t.starts[n])), ms(stats.Median(t.ends[n])), n, len(t.starts[n]))
+	for _, r := range rows {
+		fmt.Fprintf(&b, "  %8.1f ms → %8.1f ms  %s (%d)\n", ms(r.start), ms(r.end), r.name, r.n)
 	}
 	return b.String()
 }
