@@ -322,18 +322,26 @@ func TestPoolRetriesAFailedStartAndCloseRemovesWaitingSandboxes(t *testing.T) {
 
 // The replacement for a handed-out sandbox starts once that sandbox's first
 // call has returned (or it is closed), not while the call runs.
+// handOutHeld waits for p's warm sandbox and hands it to a session; its
+// calls and Close then block until fake.hold is closed.
+func handOutHeld(t *testing.T, p *Pool) (sandbox.Sandbox, *fakeSandbox) {
+	t.Helper()
+	waitReady(t, p, 1)
+	sb, err := p.Create(context.Background(), sandbox.Spec{SessionID: "sesn_1", Workspace: sessionDir(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := sb.(*handed).Sandbox.(*fakeSandbox)
+	fake.hold = make(chan struct{})
+	return sb, fake
+}
+
 func TestReplacementWaitsForTheFirstCall(t *testing.T) {
 	for _, end := range []string{"Exec", "Close"} {
 		t.Run(end, func(t *testing.T) {
 			rt := &fakeRuntime{}
 			p := newPool(t, rt, nil)
-			waitReady(t, p, 1)
-			sb, err := p.Create(context.Background(), sandbox.Spec{SessionID: "sesn_1", Workspace: sessionDir(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			fake := sb.(*handed).Sandbox.(*fakeSandbox)
-			fake.hold = make(chan struct{})
+			sb, fake := handOutHeld(t, p)
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -371,13 +379,7 @@ func TestReplacementStartsAfterRefillAfterWhileTheFirstCallRuns(t *testing.T) {
 	rt := &fakeRuntime{}
 	p := newPool(t, rt, nil)
 	p.refillAfter = 20 * time.Millisecond
-	waitReady(t, p, 1)
-	sb, err := p.Create(context.Background(), sandbox.Spec{SessionID: "sesn_1", Workspace: sessionDir(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := sb.(*handed).Sandbox.(*fakeSandbox)
-	fake.hold = make(chan struct{})
+	sb, fake := handOutHeld(t, p)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
