@@ -132,9 +132,6 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 	if err == nil {
 		hello, err = s.conn.Hello(hctx)
 	}
-	if err == nil {
-		s.pid, err = b.sandboxdPID(hello.PID)
-	}
 	if err != nil {
 		// A sandboxd that failed to start gets no grace.
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), closeGrace)
@@ -152,16 +149,20 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		}
 		return nil, fmt.Errorf("bwrap: start sandboxd: %w", err)
 	}
-	s.log.Debug("sandbox started", slog.Int("pid", s.pid), slog.String("workdir", hello.Workdir), slog.Any("cgroups", b.cgroupDirs()))
+	s.nsPID = hello.PID
+	s.log.Debug("sandbox started", slog.Int("sandbox_pid", hello.PID), slog.String("workdir", hello.Workdir), slog.Any("cgroups", b.cgroupDirs()))
 	return s, nil
 }
 
 // Sandbox is one bwrap sandbox running sandboxd.
 type Sandbox struct {
-	b       *booting
-	conn    *sandbox.Conn
-	log     *slog.Logger
-	pid     int // sandboxd's host pid
+	b     *booting
+	conn  *sandbox.Conn
+	log   *slog.Logger
+	nsPID int // sandboxd's pid in the sandbox, from its hello
+
+	pidOnce sync.Once
+	pid     int // sandboxd's host pid, found by PID
 	stderr  *sandbox.StderrLog
 	stderrR *os.File
 	wg      sync.WaitGroup // the waiter and the stderr copier
@@ -180,8 +181,14 @@ func (s *Sandbox) Exec(ctx context.Context, call sandbox.Call) (sandbox.Result, 
 	return s.conn.Exec(ctx, call)
 }
 
-// PID is sandboxd's process id on the host.
-func (s *Sandbox) PID() int { return s.pid }
+// PID is sandboxd's process id on the host, or 0 if it cannot be found.
+// Only tests and diagnostics need it, so it is looked up on the first call
+// (which must come while the sandbox runs), not on the way to the first
+// tool call.
+func (s *Sandbox) PID() int {
+	s.pidOnce.Do(func() { s.pid, _ = s.b.sandboxdPID(s.nsPID) })
+	return s.pid
+}
 
 // Close stops the sandbox: EOF on sandboxd's stdin (it closes its tools and
 // exits), then, after a grace or when ctx ends, SIGKILL to pid 1 of its pid
