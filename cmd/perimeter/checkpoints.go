@@ -156,8 +156,13 @@ func checkpointsAPI(w *worker.Worker, store *checkpoint.Store, token string) htt
 	})
 	mux.HandleFunc("POST /v1/checkpoints/restore", func(rw http.ResponseWriter, r *http.Request) {
 		var req restoreRequest
-		if err := adminapi.Decode(r, &req); err != nil || req.Session == "" || (req.Before == "") == (req.Checkpoint == "") || req.By == "" {
-			adminapi.Error(rw, http.StatusBadRequest, "invalid_request_error", `body: {"session": ID, "before": TOOL_USE_ID or "checkpoint": ID, "by": WHO}`)
+		const want = `want {"session": ID, "before": TOOL_USE_ID or "checkpoint": ID, "by": WHO}`
+		if err := adminapi.Decode(r, &req); err != nil {
+			adminapi.Error(rw, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error()+"; "+want)
+			return
+		}
+		if req.Session == "" || (req.Before == "") == (req.Checkpoint == "") || req.By == "" {
+			adminapi.Error(rw, http.StatusBadRequest, "invalid_request_error", "body: "+want)
 			return
 		}
 		cp, rep, err := w.RestoreCheckpoint(r.Context(), req.Session, req.Before, req.Checkpoint, "human:"+req.By)

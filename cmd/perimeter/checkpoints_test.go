@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -40,6 +41,35 @@ func TestTheCheckpointsAPINeedsTheAdminToken(t *testing.T) {
 		h.ServeHTTP(rec, req)
 		if rec.Code != tc.want {
 			t.Errorf("Authorization %q: %d %s, want %d", tc.auth, rec.Code, rec.Body, tc.want)
+		}
+	}
+}
+
+// A restore request with a body it cannot use is refused before anything
+// is restored, with the reason and the shape it wants.
+func TestRestoreRefusesABadBody(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{NoSync: true, FullScan: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	h := checkpointsAPI(nil, store, "pat_secret") // a nil worker: nothing may reach it
+	for body, want := range map[string]string{
+		`{"session": "s", "before": "t"}`:                                 `"by": WHO`,
+		`{"session": "s", "before": "t", "checkpoint": "c", "by": "ann"}`: `"by": WHO`,
+		`{"session": "s", "before": "t", "by": "ann", "force": true}`:     `unknown field "force"`,
+		`{"session": "s", "before": "t", "by": "ann"} {"session": "x"}`:   "more after its JSON value",
+	} {
+		req := httptest.NewRequest("POST", "/v1/checkpoints/restore", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer pat_secret")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var answer struct {
+			Error struct{ Message string }
+		}
+		_ = json.Unmarshal(rec.Body.Bytes(), &answer)
+		if msg := answer.Error.Message; rec.Code != http.StatusBadRequest || !strings.Contains(msg, want) || !strings.Contains(msg, `"session": ID`) {
+			t.Errorf("body %s: %d %s, want 400 naming %s and the wanted shape", body, rec.Code, rec.Body, want)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,12 +32,27 @@ func RequireToken(token string, h http.Handler) http.Handler {
 // maxBody bounds a request body Decode reads.
 const maxBody = 1 << 20
 
-// Decode reads r's JSON body into v, refusing fields v does not have and
-// bodies over 1 MiB.
+// Decode reads r's JSON body into v. It refuses fields v does not have,
+// anything after the one JSON value (a second object could otherwise ride
+// along unread), and bodies over 1 MiB, each with an error that says so.
 func Decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
 	dec.DisallowUnknownFields()
-	return dec.Decode(v)
+	err := dec.Decode(v)
+	if err == nil {
+		var syntax *json.SyntaxError
+		switch _, terr := dec.Token(); {
+		case terr == io.EOF:
+		case terr == nil, errors.As(terr, &syntax):
+			err = errors.New("the body has more after its JSON value; send exactly one object")
+		default:
+			err = terr
+		}
+	}
+	if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+		return fmt.Errorf("the body is over %d bytes", maxBody)
+	}
+	return err
 }
 
 // JSON writes v as a 200 response.

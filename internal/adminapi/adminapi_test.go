@@ -44,22 +44,29 @@ func TestClientAndServerAgree(t *testing.T) {
 	}
 }
 
-// Decode takes a known body and refuses unknown fields, bad JSON and
-// bodies over the limit.
+// Decode takes a known body and refuses unknown fields, bad JSON, anything
+// after the value and bodies over the limit, saying which.
 func TestDecode(t *testing.T) {
-	var v struct{ By string }
-	for body, ok := range map[string]bool{
-		`{"by": "ann"}`:             true,
-		`{"by": "ann", "extra": 1}`: false,
-		`{"by": `:                   false,
-		`{"by": "` + strings.Repeat("x", maxBody) + `"}`: false,
+	for body, want := range map[string]string{
+		`{"by": "ann"}`:                  "",
+		"{\"by\": \"ann\"}\n\t ":         "",
+		`{"by": "ann", "extra": 1}`:      `unknown field "extra"`,
+		`{"by": `:                        "unexpected EOF",
+		`{"by": "ann"}{"by": "mallory"}`: "more after its JSON value",
+		`{"by": "ann"} 5`:                "more after its JSON value",
+		`{"by": "ann"}}`:                 "more after its JSON value",
+		`{"by": "` + strings.Repeat("x", maxBody) + `"}`:     "over 1048576 bytes",
+		`{"by": "ann"}` + strings.Repeat(" ", maxBody) + `x`: "over 1048576 bytes",
 	} {
+		var v struct{ By string }
 		err := Decode(httptest.NewRequest("POST", "/", strings.NewReader(body)), &v)
-		if (err == nil) != ok {
-			t.Errorf("body %.40q: %v, want ok=%v", body, err, ok)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("body %.40q: %v", body, err)
+		case want == "" && v.By != "ann":
+			t.Errorf("body %.40q: decoded %+v", body, v)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("body %.40q: error %v, want one containing %q", body, err, want)
 		}
-	}
-	if v.By != "ann" {
-		t.Errorf("decoded %+v", v)
 	}
 }
