@@ -5,9 +5,11 @@
 // sessions one after another, each a single `bash true` call, then
 // terminate. Per session it takes the work item's acknowledged_at (the
 // claim) to the processed_at of the session's first user.tool_result, both
-// stamped by the control plane. For the docker backends it also times
-// `docker run --rm --network none <image> true` (and the same under runsc)
-// as a baseline.
+// stamped by the control plane. Each backend's p50 is also given as a ratio
+// to a baseline timed in the same run, the bare start of what it is built
+// on: `bash -c true` for process, `bwrap` with every namespace running
+// `true` for bwrap (cold, pooled and with egress), and `docker run --rm
+// --network none <image> true` (and the same under runsc) for docker.
 //
 // It prints a markdown table (and writes it to -out) with the targets, met
 // or not. A backend that cannot start on this host is skipped, with why;
@@ -158,9 +160,13 @@ func run(ctx context.Context, bin, full string, n int, backends []string) (strin
 	want := func(b string) bool { return slices.Contains(backends, b) }
 	bwrapRT := func() (sandbox.Runtime, error) { return bwrap.New(bwrap.Options{Binary: bin, Logger: log}) }
 	if want("process") {
+		add(baseline(ctx, baseProcess, n, "bash", "-c", "true"))
 		add(bench(ctx, p, "process", n, func() (sandbox.Runtime, error) {
 			return process.New(process.Options{Binary: bin, Logger: log}), nil
 		}, setup{}))
+	}
+	if slices.ContainsFunc(backends, func(b string) bool { return strings.HasPrefix(b, "bwrap") }) {
+		add(baseline(ctx, baseBwrap, n, "bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "true"))
 	}
 	if want("bwrap") {
 		add(bench(ctx, p, "bwrap", n, bwrapRT, setup{}))
@@ -180,7 +186,7 @@ func run(ctx context.Context, bin, full string, n int, backends []string) (strin
 		add(bench(ctx, p, "bwrap + warm pool, session with egress", n, bwrapRT, setup{pooled: true, egress: true}))
 	}
 	if want("docker") || want("docker-pool") {
-		add(baseline(ctx, "baseline: docker run (runc)", n, "docker", "run", "--rm", "--network", "none", image, "true"))
+		add(baseline(ctx, baseRunc, n, "docker", "run", "--rm", "--network", "none", image, "true"))
 	}
 	if want("docker") {
 		add(bench(ctx, p, "docker", n, dockerRT("runc"), setup{}))
@@ -189,7 +195,7 @@ func run(ctx context.Context, bin, full string, n int, backends []string) (strin
 		add(bench(ctx, p, "docker + warm pool", n, dockerRT("runc"), setup{pooled: true}))
 	}
 	if want("docker-runsc") {
-		add(baseline(ctx, "baseline: docker run --runtime runsc", n, "docker", "run", "--rm", "--runtime", "runsc", "--network", "none", image, "true"))
+		add(baseline(ctx, baseRunsc, n, "docker", "run", "--rm", "--runtime", "runsc", "--network", "none", image, "true"))
 		add(bench(ctx, p, "docker-runsc", n, dockerRT("runsc"), setup{}))
 	}
 	return report(rows, n), ctx.Err()
@@ -408,6 +414,14 @@ func (h countHandler) Handle(_ context.Context, r slog.Record) error {
 func (h countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countHandler) WithGroup(string) slog.Handler      { return h }
 
+// The baselines' row names.
+const (
+	baseProcess = "baseline: bash -c true"
+	baseBwrap   = "baseline: bwrap, every namespace, true"
+	baseRunc    = "baseline: docker run (runc)"
+	baseRunsc   = "baseline: docker run --runtime runsc"
+)
+
 // report renders the table.
 func report(rows []result, n int) string {
 	find := func(name string) *result {
@@ -418,7 +432,8 @@ func report(rows []result, n int) string {
 		}
 		return nil
 	}
-	runcBase, runscBase := find("baseline: docker run (runc)"), find("baseline: docker run --runtime runsc")
+	runcBase, runscBase := find(baseRunc), find(baseRunsc)
+	processBase, bwrapBase := find(baseProcess), find(baseBwrap)
 	var b strings.Builder
 	fmt.Fprintf(&b, "Claim (work item `acknowledged_at`) → first tool result (`processed_at` of the first `user.tool_result`), "+
 		"%d sequential sessions per backend after one warm-up; %s, %d CPUs, %s.\n\n", n, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version())
@@ -451,10 +466,18 @@ func report(rows []result, n int) string {
 			target = fmt.Sprintf("p50 ≤ %s: %s", fmtDur(targetPoolP50), met(p50 <= targetPoolP50))
 		case "docker-runsc":
 			ratioTo(runscBase)
+		case "process":
+			ratioTo(processBase)
 		case "bwrap + warm pool":
+			ratioTo(bwrapBase)
 			target = fmt.Sprintf("p50 ≤ %s: %s", fmtDur(targetPoolP50), met(p50 <= targetPoolP50))
 		case "bwrap":
+			ratioTo(bwrapBase)
 			target = fmt.Sprintf("p50 ≤ %s: %s", fmtDur(targetBwrapP50), met(p50 <= targetBwrapP50))
+		default:
+			if strings.HasPrefix(r.name, "bwrap") {
+				ratioTo(bwrapBase)
+			}
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", r.name, fmtDur(p50), fmtDur(p95), ratio, target, r.note)
 	}
