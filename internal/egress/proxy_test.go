@@ -165,6 +165,12 @@ func TestEgressRejectsMethodAndPathOutsideRule(t *testing.T) {
 			{"GET", "/repos/../admin", 403, `is not canonical`},
 			{"GET", "/repos/%2e%2e/admin", 403, `is not canonical`},
 			{"GET", "/repos//x", 403, `is not canonical`},
+			// Servlet containers drop a segment's ";parameters" before
+			// resolving dot segments: /repos/..;/admin is /admin to them.
+			{"GET", "/repos/..;/admin", 403, `is not canonical`},
+			{"GET", "/repos/%2e%2e;x=1/admin", 403, `is not canonical`},
+			{"GET", "/repos/.;/a", 403, `is not canonical`},
+			{"GET", "/repos/a;v=1/b", 200, ""},
 		} {
 			t.Run(scheme+" "+tc.method+" "+tc.path, func(t *testing.T) {
 				req, _ := http.NewRequest(tc.method, base+tc.path, nil)

@@ -31,8 +31,9 @@ type Rule struct {
 	// PathPrefixes the rule allows; empty means any path. A prefix matches
 	// whole segments: "/repos" matches "/repos" and "/repos/x" but not
 	// "/reposx"; "/repos/" matches "/repos/x" only. A request whose path is
-	// not canonical (dot segments, repeated slashes, backslashes) matches
-	// no prefix.
+	// not canonical (dot segments, "..;x" included, which servlet
+	// containers read as "..", repeated slashes, backslashes) matches no
+	// prefix.
 	PathPrefixes []string
 	// AllowPrivate lets the rule's host names resolve to loopback, private,
 	// link-local and other non-public addresses. Without it the proxy
@@ -252,10 +253,19 @@ func (r *rule) allowsPath(p string) bool {
 }
 
 // canonicalPath reports whether p is an absolute path that every server
-// reads the same way: no dot segments, empty segments or backslashes.
+// reads the same way: no dot segments (with or without ";parameters"),
+// empty segments or backslashes.
 func canonicalPath(p string) bool {
 	if !strings.HasPrefix(p, "/") || strings.Contains(p, `\`) {
 		return false
+	}
+	// A dot segment with parameters ("..;x", "..;") is an ordinary segment
+	// to path.Clean, but servers that strip each segment's parameters
+	// (servlet containers among them) resolve it as "..".
+	for seg := range strings.SplitSeq(p, "/") {
+		if name, _, ok := strings.Cut(seg, ";"); ok && (name == "." || name == "..") {
+			return false
+		}
 	}
 	c := path.Clean(p)
 	return c == p || c+"/" == p
