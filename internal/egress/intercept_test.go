@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -540,6 +541,65 @@ func TestEgressDeliversLargeInterceptedBodiesWhole(t *testing.T) {
 
 // A sandbox that leaves in the middle of a large body ends the upstream
 // request too, rather than leave the proxy reading it.
+// A body the upstream cuts short reaches the sandbox cut short, never as a
+// whole body: whether it passes with its length, is redacted as it streams
+// (framed anew, without a length) or is gunzipped to be redacted.
+func TestEgressDeliversACutShortBodyCutShort(t *testing.T) {
+	const declared = 1 << 20
+	var sent atomic.Int64
+	var gzipped atomic.Bool
+	cut := newUpstream(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_ = brw.Flush()
+		body, enc := strings.Repeat("a", int(sent.Load())), ""
+		if gzipped.Load() {
+			var b bytes.Buffer
+			zw := gzip.NewWriter(&b)
+			_, _ = io.WriteString(zw, body)
+			_ = zw.Close()
+			body, enc = b.String()[:b.Len()-8], "Content-Encoding: gzip\r\n" // without its trailer
+		}
+		fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s", enc, declared, body)
+	}))
+	c := newCredEnv(t, func(o *Options) { o.Rules[0].Ports = append(o.Rules[0].Ports, cut.port) })
+	client := c.client(nil)
+	check := func(what string) {
+		t.Helper()
+		resp, err := client.Get(fmt.Sprintf("http://api.test:%d/", cut.port))
+		if err != nil {
+			return // reset before the header: not passed off as whole either
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && err == nil {
+			t.Errorf("%s: %d of %d bytes reached the sandbox as a whole body (Content-Length %d)", what, len(b), declared, resp.ContentLength)
+		}
+	}
+	for _, n := range []int64{10, 300 << 10} {
+		sent.Store(n)
+		check(fmt.Sprintf("%d bytes, no value known yet", n))
+	}
+	// Once a value is known, responses are redacted as they stream.
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://api.test:%d/", c.api.port), nil)
+	req.Header.Set("Authorization", "Bearer "+c.ph)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	for _, z := range []bool{false, true} {
+		gzipped.Store(z)
+		for _, n := range []int64{10, 300 << 10} {
+			sent.Store(n)
+			check(fmt.Sprintf("%d bytes, gzip %v, redacted", n, z))
+		}
+	}
+}
+
 func TestEgressEndsUpstreamRequestWhenSandboxLeaves(t *testing.T) {
 	c := newCredEnv(t, nil)
 	ended := make(chan struct{})

@@ -338,10 +338,7 @@ func (f *filter) fill() {
 	var n int
 	var err error
 	if f.full {
-		n, err = io.ReadAtLeast(f.src, room, chunk)
-		if err == io.ErrUnexpectedEOF {
-			err = io.EOF
-		}
+		n, err = readAtLeast(f.src, room, chunk)
 	} else {
 		n, err = f.src.Read(room)
 	}
@@ -372,6 +369,20 @@ func (f *filter) fill() {
 	if final {
 		f.err = err
 	}
+}
+
+// readAtLeast reads into b until it holds min bytes or r fails, and
+// returns what it read with r's own error. Unlike io.ReadAtLeast it does
+// not turn an end before min into io.ErrUnexpectedEOF, so that error means
+// what r meant by it: the input was cut short (a body shorter than its
+// Content-Length, a gzip stream without its end).
+func readAtLeast(r io.Reader, b []byte, min int) (n int, err error) {
+	for n < min && err == nil {
+		var k int
+		k, err = r.Read(b[n:])
+		n += k
+	}
+	return n, err
 }
 
 // minFragment is the shortest base64 fragment of a value that is redacted;
