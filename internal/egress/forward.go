@@ -133,7 +133,9 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 		}
 	}
 	if bodyAllowed(r.Method, resp.StatusCode) {
-		enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding")))
+		// Every line of the header: a second one would otherwise name a
+		// coding that is never undone before the scan.
+		enc := strings.ToLower(strings.TrimSpace(strings.Join(resp.Header.Values("Content-Encoding"), ",")))
 		identity := enc == "" || enc == "identity"
 		switch {
 		case m == nil && identity && len(p.creds) > 0:

@@ -322,6 +322,12 @@ func TestEgressRedactsValuesFromResponses(t *testing.T) {
 		case "/brotli":
 			w.Header().Set("Content-Encoding", "br")
 			io.WriteString(w, "not really brotli")
+		case "/two-lines":
+			// Two header lines: the body is gzip, whatever the first says.
+			w.Header()["Content-Encoding"] = []string{"identity", "gzip"}
+			zw := gzip.NewWriter(w)
+			fmt.Fprintf(zw, "token=%s", c.value)
+			zw.Close()
 		case "/split":
 			// The value arrives in two writes, flushed apart.
 			half := len(c.value) / 2
@@ -364,6 +370,13 @@ func TestEgressRedactsValuesFromResponses(t *testing.T) {
 	}
 	if body := readAll(t, resp); resp.StatusCode != 502 || !strings.Contains(body, `Content-Encoding "br"`) {
 		t.Errorf("br: got %d %q", resp.StatusCode, body)
+	}
+	resp, err = client.Get(base + "/two-lines")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 502 || !strings.Contains(body, `Content-Encoding "identity,gzip"`) {
+		t.Errorf("Content-Encoding on two lines: got %d %q", resp.StatusCode, body)
 	}
 
 	resp, err = client.Get(base + "/events")
