@@ -35,6 +35,10 @@ var nonPublic = []struct {
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
 	{netip.MustParsePrefix("::/128"), "unspecified"},
 	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use translation"},
+	{netip.MustParsePrefix("100::/64"), "discard-only"},
+	{netip.MustParsePrefix("2001::/23"), "reserved"}, // protocol assignments, Teredo among them
+	{netip.MustParsePrefix("2001:db8::/32"), "documentation"},
 	{netip.MustParsePrefix("fc00::/7"), "private"},
 	{netip.MustParsePrefix("fe80::/10"), "link-local"},
 	{netip.MustParsePrefix("fec0::/10"), "site-local"},
@@ -44,9 +48,10 @@ var nonPublic = []struct {
 // Prefixes of IPv6 addresses that carry an IPv4 address, which is what
 // decides where a connection to them ends up.
 var (
-	nat64     = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour = netip.MustParsePrefix("2002::/16")
-	v4compat  = netip.MustParsePrefix("::/96")
+	nat64        = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour    = netip.MustParsePrefix("2002::/16")
+	v4compat     = netip.MustParsePrefix("::/96")
+	v4translated = netip.MustParsePrefix("::ffff:0:0:0/96") // SIIT (RFC 6145)
 )
 
 // nonPublicKind returns what kind of non-public address ip is ("loopback",
@@ -56,7 +61,7 @@ func nonPublicKind(ip netip.Addr) string {
 	if ip.Is6() {
 		b := ip.As16()
 		switch {
-		case nat64.Contains(ip), v4compat.Contains(ip) && ip != netip.IPv6Unspecified() && ip != netip.IPv6Loopback():
+		case nat64.Contains(ip), v4translated.Contains(ip), v4compat.Contains(ip) && ip != netip.IPv6Unspecified() && ip != netip.IPv6Loopback():
 			if k := nonPublicKind(netip.AddrFrom4([4]byte(b[12:16]))); k != "" {
 				return k + " (embedded in IPv6)"
 			}

@@ -122,6 +122,12 @@ func TestNonPublicAddresses(t *testing.T) {
 		"::ffff:127.0.0.1":     "loopback",
 		"64:ff9b::7f00:1":      "loopback (embedded in IPv6)",
 		"2002:a9fe:a9fe::1":    "link-local (embedded in IPv6)",
+		"::ffff:0:a00:1":       "private (embedded in IPv6)",
+		"64:ff9b:1::a00:1":     "local-use translation",
+		"100::1":               "discard-only",
+		"2001:0:4136:e378::1":  "reserved",
+		"2001:db8::1":          "documentation",
+		"64:ff9b::808:808":     "",
 		"8.8.8.8":              "",
 		"2606:4700:4700::1111": "",
 	} {
