@@ -26,8 +26,10 @@
 //     changes.
 //   - Every value the proxy has substituted in the session is redacted from
 //     what the sandbox receives through it — response headers and bodies,
-//     refusals, records, logs — as is, URL- and JSON-escaped, and
-//     base64-encoded at any alignment. A value first substituted while a
+//     refusals, records, logs — as is, URL-escaped in the styles common
+//     encoders use, JSON-escaped, and base64-encoded at any alignment (of
+//     the value and of its URL-escaped forms, as in an encoded dump of a
+//     request whose query carried it). A value first substituted while a
 //     response is on its way is redacted from the rest of that body, which
 //     keeps its length if the sandbox was told it; a body that began
 //     before any value was known, in an encoding the sandbox asked for,

@@ -390,9 +390,13 @@ func readAtLeast(r io.Reader, b []byte, min int) (n int, err error) {
 const minFragment = 6
 
 // secretForms returns the forms of a value that an upstream may send back:
-// as is, URL-escaped, JSON-escaped, and base64 (standard and URL alphabets)
-// at each of the three alignments it can have inside a longer encoded text,
-// such as Basic credentials or an encoded dump of a request.
+// as is; URL-escaped (Go's query and path styles, and every byte but the
+// unreserved ones, with and without "/", each with upper- or lower-case
+// hex); JSON-escaped (with or without HTML characters and "/"
+// escaped); and base64 (standard and URL alphabets) of the value and of
+// its URL-escaped forms, at each of the three alignments it can have
+// inside a longer encoded text, such as Basic credentials or an encoded
+// dump of a request whose query carried it.
 func secretForms(value []byte) [][]byte {
 	forms := [][]byte{value}
 	add := func(b []byte) {
@@ -400,23 +404,74 @@ func secretForms(value []byte) [][]byte {
 			forms = append(forms, b)
 		}
 	}
-	add([]byte(url.QueryEscape(string(value))))
-	add([]byte(url.PathEscape(string(value))))
-	add(jsonEscape(value, true))
-	add(jsonEscape(value, false))
-	for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-		for k := range 3 {
-			e := enc.EncodeToString(append(make([]byte, k), value...))
-			// Characters that mix in bits of the unknown bytes around the
-			// value are left out: (8k+5)/6 at the start, the partial one
-			// at the end.
-			lo, hi := (8*k+5)/6, 8*(k+len(value))/6
-			if hi-lo >= minFragment {
-				add([]byte(e[lo:hi]))
+	query := []byte(url.QueryEscape(string(value)))
+	pathEsc := []byte(url.PathEscape(string(value)))
+	for _, esc := range [][]byte{query, pathEsc, strictEscape(value, ""), strictEscape(value, "/")} {
+		add(esc)
+		add(lowerHex(esc))
+	}
+	for _, html := range []bool{true, false} {
+		j := jsonEscape(value, html)
+		add(j)
+		add(bytes.ReplaceAll(j, []byte("/"), []byte(`\/`)))
+	}
+	srcs := [][]byte{value}
+	for _, esc := range [][]byte{query, pathEsc} {
+		if !slices.ContainsFunc(srcs, func(f []byte) bool { return bytes.Equal(f, esc) }) {
+			srcs = append(srcs, esc)
+		}
+	}
+	for _, src := range srcs {
+		for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+			for k := range 3 {
+				e := enc.EncodeToString(append(make([]byte, k), src...))
+				// Characters that mix in bits of the unknown bytes around
+				// the value are left out: (8k+5)/6 at the start, the
+				// partial one at the end.
+				lo, hi := (8*k+5)/6, 8*(k+len(src))/6
+				if hi-lo >= minFragment {
+					add([]byte(e[lo:hi]))
+				}
 			}
 		}
 	}
 	return forms
+}
+
+// strictEscape percent-escapes every byte of s but RFC 3986's unreserved
+// characters and those in keep, as Python's quote and JavaScript's
+// encodeURIComponent (nearly) do.
+func strictEscape(s []byte, keep string) []byte {
+	const hex = "0123456789ABCDEF"
+	var out []byte
+	for _, c := range s {
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~"+keep, c) >= 0 {
+			out = append(out, c)
+			continue
+		}
+		out = append(out, '%', hex[c>>4], hex[c&15])
+	}
+	return out
+}
+
+// lowerHex returns s with the hex digits of its percent-escapes in lower
+// case, as some encoders write them.
+func lowerHex(s []byte) []byte {
+	out := slices.Clone(s)
+	for i := 0; i+2 < len(out); i++ {
+		if out[i] == '%' {
+			out[i+1], out[i+2] = lowerASCII(out[i+1]), lowerASCII(out[i+2])
+			i += 2
+		}
+	}
+	return out
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // jsonEscape returns value as it appears inside a JSON string.

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"io"
 	"math/rand/v2"
+	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -170,6 +171,14 @@ func TestSecretFormsCoverEncodings(t *testing.T) {
 		base64.StdEncoding.EncodeToString([]byte("a" + value + "b")),
 		base64.StdEncoding.EncodeToString([]byte("ab" + value)),
 		base64.URLEncoding.EncodeToString([]byte("abc:" + value)),
+		// Other escapers' spellings.
+		"q=p%40ss%2fwo%2brd%22%3cx%3e",       // lower-case hex
+		"p%40ss/wo%2Brd%22%3Cx%3E",           // Python's quote(), "/" kept
+		`{"v":"p@ss\/wo+rd\"\u003cx\u003e"}`, // "/" escaped, as PHP does
+		`{"v":"p@ss\/wo+rd\"<x>"}`,
+		// An echo of a request whose query carried the value, base64'd.
+		base64.StdEncoding.EncodeToString([]byte("GET /?q=" + url.QueryEscape(value) + " HTTP/1.1")),
+		base64.RawURLEncoding.EncodeToString([]byte("/x/" + url.PathEscape(value))),
 	} {
 		got, ok := m.replace(text)
 		if !ok || bytes.Contains([]byte(got), []byte(value)) || hasSecret(got, value) {
