@@ -303,6 +303,20 @@ func (s *server) send(v any) error {
 	if err != nil {
 		return err
 	}
+	if resp, ok := v.(sandbox.Response); ok && len(line) > sandbox.MaxLineBytes {
+		// The supervisor would refuse the line and take the sandbox for
+		// broken: answer the call with why instead. (A tool's text grows
+		// when encoded: the SDK's errors quote paths, and JSON escapes
+		// control characters six-fold.)
+		msg := fmt.Sprintf("the answer is %d bytes once encoded, over the %d bytes a line of the sandbox's RPC may carry; ask for less at a time", len(line), sandbox.MaxLineBytes)
+		short := sandbox.Response{ID: resp.ID, Error: msg}
+		if resp.Result != nil {
+			short = sandbox.Response{ID: resp.ID, Result: &sandbox.Result{Text: msg, IsError: true}}
+		}
+		if line, err = json.Marshal(short); err != nil {
+			return err
+		}
+	}
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
 	if s.outBroken || s.base.Err() != nil {

@@ -2,6 +2,7 @@ package sandboxd_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -179,6 +180,35 @@ func TestServeAnswersMalformedRequestsAndCarriesOn(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(s.workdir, "big")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the refused oversize write ran (stat err = %v)", err)
+	}
+}
+
+// An answer that would be over the RPC's line limit once encoded is
+// replaced by an error saying so; the supervisor would otherwise take the
+// sandbox for broken.
+func TestServeKeepsAnOversizeAnswerWithinTheLineLimit(t *testing.T) {
+	s := start(t, sandboxd.Options{MaxFileBytes: 4 << 20})
+	s.hello(t)
+	// Control characters are escaped six-fold in JSON: 3 MiB of them
+	// encode to 18 MiB.
+	if err := os.WriteFile(filepath.Join(s.workdir, "ctl"), bytes.Repeat([]byte{1}, 3<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.exec(t, 1, "read", map[string]string{"file_path": "ctl"})
+	line := s.readLine(t)
+	if len(line) > sandbox.MaxLineBytes {
+		t.Fatalf("an answer of %d bytes, over the %d limit", len(line), sandbox.MaxLineBytes)
+	}
+	var got sandbox.Response
+	if err := json.Unmarshal([]byte(line), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != 1 || got.Result == nil || !got.Result.IsError || !strings.Contains(got.Result.Text, "over the 16777216 bytes") {
+		t.Errorf("answer = %.300s", line)
+	}
+	s.exec(t, 2, sandbox.ToolCommand, map[string]string{"command": "echo alive"})
+	if diff := cmp.Diff(result(2, "alive\n", false), s.response(t)); diff != "" {
+		t.Errorf("next call (-want +got):\n%s", diff)
 	}
 }
 
