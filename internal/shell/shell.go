@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"sync"
 	"time"
@@ -150,9 +151,12 @@ func (s *Session) Exec(ctx context.Context, cmd string, timeout time.Duration) (
 
 // send writes cmd, followed by a command that prints its exit status after
 // a sentinel, and waits for the sentinel. The sentinel carries a fresh
-// random nonce, so that a command cannot print it and forge a status, and
-// it is written as two adjacent quoted halves, so that an echo of the
-// input could not contain it. The command's standard input is /dev/null (a
+// random nonce, so that no output matches it by chance or by printing
+// what an earlier call returned, and it is written as two adjacent quoted
+// halves, so that an echo of the input could not contain it. A command
+// set on forging it can (it can read the shell's history, as in the SDK's
+// shell); it then misreports its own call and leaves what it prints
+// afterwards to the next one, as a background job or a trap it sets could. The command's standard input is /dev/null (a
 // command that reads it gets EOF rather than wait on the terminal).
 func (s *Session) send(ctx context.Context, cmd string, timeout time.Duration) (string, int, error) {
 	b := make([]byte, 8)
@@ -160,10 +164,32 @@ func (s *Session) send(ctx context.Context, cmd string, timeout time.Duration) (
 	sentinel := "__ANT_CMD_" + hex.EncodeToString(b) + "_DONE__"
 	half := len(sentinel) / 2
 	wrapped := fmt.Sprintf("{ %s\n} </dev/null 2>&1; printf '\\n%s''%s%%d\\n' $?\n", cmd, sentinel[:half], sentinel[half:])
-	if _, err := io.WriteString(s.proc.PTY, wrapped); err != nil {
-		return "", -1, fmt.Errorf("write to pty: %w", err)
+	if err := s.write(ctx, wrapped, timeout); err != nil {
+		return "", -1, err
 	}
 	return s.wait(ctx, sentinel, timeout)
+}
+
+// write types text into the terminal. The shell reads it as it goes, so a
+// shell that stops reading (stopped, or busy in a command that does not
+// read) leaves a long text's write waiting on a full terminal: the write
+// ends at the timeout, or when ctx ends, like the wait for the answer.
+func (s *Session) write(ctx context.Context, text string, timeout time.Duration) error {
+	pty := s.proc.PTY
+	_ = pty.SetWriteDeadline(time.Now().Add(timeout))
+	stop := context.AfterFunc(ctx, func() { _ = pty.SetWriteDeadline(time.Now()) })
+	_, err := io.WriteString(pty, text)
+	stop()
+	_ = pty.SetWriteDeadline(time.Time{})
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w (the shell stopped reading the command)", ErrTimedOut)
+	}
+	return fmt.Errorf("write to pty: %w", err)
 }
 
 // wait waits for sentinel in the output and returns what came before it

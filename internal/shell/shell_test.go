@@ -119,6 +119,37 @@ func TestTimeoutReturnsWhatWasPrinted(t *testing.T) {
 	}
 }
 
+// A shell that stops reading cannot hold a long command's write for ever:
+// the timeout ends it, and so does the context.
+func TestAShellThatStopsReadingCannotHoldTheWrite(t *testing.T) {
+	// The first lines end the group and stop the shell before it has read
+	// the rest, more than the terminal holds.
+	long := ":\n}\nkill -STOP $$\n{ : " + strings.Repeat("x", 256<<10)
+	exec := func(ctx context.Context, timeout time.Duration) error {
+		s := start(t)
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := s.Exec(ctx, long, timeout)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(time.Minute):
+			t.Fatal("Exec still writing a minute on")
+			return nil
+		}
+	}
+	if err := exec(context.Background(), 500*time.Millisecond); !errors.Is(err, shell.ErrTimedOut) {
+		t.Errorf("with a timeout: %v, want ErrTimedOut", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	if err := exec(ctx, time.Hour); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v, want context.Canceled", err)
+	}
+}
+
 func TestCancelReturnsTheContextsError(t *testing.T) {
 	s := start(t)
 	ctx, cancel := context.WithCancel(context.Background())
