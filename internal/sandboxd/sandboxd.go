@@ -55,7 +55,8 @@ const maxQueued = 64
 // Serve speaks the sandboxd RPC: it writes the hello line to out, then runs
 // the exec requests read from in, one at a time in arrival order, acting on
 // cancel requests at once. It returns nil when in reaches EOF or ctx ends,
-// after cancelling the running call and closing the tools (which kills the
+// after cancelling the running call (without waiting for a tool that
+// ignores the cancellation) and closing the tools (which kills the
 // persistent shell). It returns an error only when it cannot start.
 //
 // When ctx ends while a Read on in is blocked, Serve does not wait for that
@@ -151,7 +152,21 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opts Options) error
 		}
 		select {
 		case j := <-s.queue:
-			s.run(j)
+			// The job runs on its own goroutine so that Serve can end while
+			// a tool that ignores its context (the SDK's file tools block
+			// in open on a FIFO, and read a sparse file to its end) still
+			// runs: its context is cancelled, its answer is not written,
+			// and in the sandboxd binary the process exits right after.
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				s.run(j)
+			}()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return nil
+			}
 		case <-ctx.Done():
 			return nil
 		}

@@ -307,6 +307,32 @@ func TestServeReturnsOnEOFAndKillsTheShell(t *testing.T) {
 	}
 }
 
+// Serve ends on EOF even while a tool that ignores its context runs: the
+// SDK's read streams a sparse file up to the lines it was asked for.
+func TestServeReturnsOnEOFWhileAToolIgnoresItsCancel(t *testing.T) {
+	s := start(t, sandboxd.Options{})
+	s.hello(t)
+	f, err := os.Create(filepath.Join(s.workdir, "sparse"))
+	if err == nil {
+		err = f.Truncate(64 << 30) // a minute or more of reading holes
+	}
+	if err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.exec(t, 1, "read", map[string]any{"file_path": "sparse", "view_range": []int64{1 << 60, 1<<60 + 1}})
+	time.Sleep(300 * time.Millisecond) // the read is under way
+	_ = s.in.Close()
+	select {
+	case err := <-s.done:
+		s.done <- err // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve still running 30s after EOF")
+	}
+}
+
 func TestServeReturnsNilWhenItsContextEnds(t *testing.T) {
 	s := start(t, sandboxd.Options{})
 	s.hello(t)
