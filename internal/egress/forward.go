@@ -119,6 +119,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, interc
 // respond copies the upstream's response to the sandbox, redacting the
 // session's secret values from its headers and body.
 func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Response, rec *Record, what string) {
+	if resp.StatusCode < 100 || resp.StatusCode > 999 {
+		// The transport reads "099" as a status; the server would panic
+		// writing it back.
+		p.fail(w, rec, what, fmt.Sprintf("the upstream answered with status %d, which HTTP does not have", resp.StatusCode))
+		return
+	}
 	h := w.Header()
 	copyHeader(h, resp.Header)
 	stream := streaming(resp)

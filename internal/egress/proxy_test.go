@@ -25,6 +25,28 @@ func TestEgressAllowsListedHostOverPlainHTTP(t *testing.T) {
 	}
 }
 
+// A status HTTP does not have (the transport reads "099" as 99) is a
+// failed request, not a status passed on.
+func TestEgressRefusesAStatusHTTPDoesNotHave(t *testing.T) {
+	up := newUpstream(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_ = brw.Flush()
+		io.WriteString(conn, "HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nhi")
+	}))
+	e := startProxy(t, Options{Rules: []Rule{{Name: "plain", Hosts: []string{"plain.test"}, Ports: []int{up.port}, AllowPrivate: true}}})
+	resp, err := e.client(nil).Get(fmt.Sprintf("http://plain.test:%d/", up.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "status 99") {
+		t.Errorf("got %d %q, want 502 naming the status", resp.StatusCode, body)
+	}
+}
+
 func TestEgressServesOverUnixSocket(t *testing.T) {
 	up := newUpstream(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	e := startProxy(t, Options{Rules: []Rule{{Name: "plain", Hosts: []string{"plain.test"}, Ports: []int{up.port}, AllowPrivate: true}}}, onUnixSocket)
