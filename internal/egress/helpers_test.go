@@ -298,6 +298,21 @@ func newUpstream(t testing.TB, pki *testPKI, h http.Handler) *upstream {
 	return u
 }
 
+// rawUpstream is a plain-HTTP upstream that writes each answer to the
+// connection itself, as a server that breaks HTTP does, and then closes it.
+func rawUpstream(t testing.TB, answer func(conn io.Writer)) *upstream {
+	t.Helper()
+	return newUpstream(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_ = brw.Flush()
+		answer(conn)
+	}))
+}
+
 // echoed is what the echo handler received.
 type echoed struct {
 	Method    string

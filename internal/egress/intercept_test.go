@@ -44,6 +44,24 @@ func (c *credEnv) last(t *testing.T) echoed {
 	return c.received[len(c.received)-1]
 }
 
+// useCredential sends api.test a request carrying the placeholder, through
+// client and over plain HTTP or TLS: the session then knows the value, and
+// redacts it from what follows.
+func (c *credEnv) useCredential(t *testing.T, client *http.Client, scheme string) {
+	t.Helper()
+	port := c.api.port
+	if scheme == "https" {
+		port = c.apiTLS.port
+	}
+	req, _ := http.NewRequest("GET", fmt.Sprintf("%s://api.test:%d/", scheme, port), nil)
+	req.Header.Set("Authorization", "Bearer "+c.ph)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+}
+
 func newCanary() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
@@ -347,13 +365,7 @@ func TestEgressRedactsValuesFromResponses(t *testing.T) {
 	base := fmt.Sprintf("https://api.test:%d", leak.port)
 
 	// Nothing is redacted before the session has substituted a value.
-	req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/", c.apiTLS.port), nil)
-	req.Header.Set("Authorization", "Bearer "+c.ph)
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readAll(t, resp)
+	c.useCredential(t, client, "https")
 
 	for path, want := range map[string]string{"/gzip": "token=[redacted:github]", "/split": "a[redacted:github]b"} {
 		resp, err := client.Get(base + path)
@@ -364,7 +376,7 @@ func TestEgressRedactsValuesFromResponses(t *testing.T) {
 			t.Errorf("%s: got %q (%q), want %q", path, body, resp.Header.Get("Content-Encoding"), want)
 		}
 	}
-	resp, err = client.Get(base + "/brotli")
+	resp, err := client.Get(base + "/brotli")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,13 +573,7 @@ func TestEgressDeliversACutShortBodyCutShort(t *testing.T) {
 	const declared = 1 << 20
 	var sent atomic.Int64
 	var gzipped atomic.Bool
-	cut := newUpstream(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		_ = brw.Flush()
+	cut := rawUpstream(t, func(conn io.Writer) {
 		body, enc := strings.Repeat("a", int(sent.Load())), ""
 		if gzipped.Load() {
 			var b bytes.Buffer
@@ -577,7 +583,7 @@ func TestEgressDeliversACutShortBodyCutShort(t *testing.T) {
 			body, enc = b.String()[:b.Len()-8], "Content-Encoding: gzip\r\n" // without its trailer
 		}
 		fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s", enc, declared, body)
-	}))
+	})
 	c := newCredEnv(t, func(o *Options) { o.Rules[0].Ports = append(o.Rules[0].Ports, cut.port) })
 	client := c.client(nil)
 	check := func(what string) {
@@ -597,13 +603,7 @@ func TestEgressDeliversACutShortBodyCutShort(t *testing.T) {
 		check(fmt.Sprintf("%d bytes, no value known yet", n))
 	}
 	// Once a value is known, responses are redacted as they stream.
-	req, _ := http.NewRequest("GET", fmt.Sprintf("http://api.test:%d/", c.api.port), nil)
-	req.Header.Set("Authorization", "Bearer "+c.ph)
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readAll(t, resp)
+	c.useCredential(t, client, "http")
 	for _, z := range []bool{false, true} {
 		gzipped.Store(z)
 		for _, n := range []int64{10, 300 << 10} {

@@ -28,15 +28,9 @@ func TestEgressAllowsListedHostOverPlainHTTP(t *testing.T) {
 // A status HTTP does not have (the transport reads "099" as 99) is a
 // failed request, not a status passed on.
 func TestEgressRefusesAStatusHTTPDoesNotHave(t *testing.T) {
-	up := newUpstream(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		_ = brw.Flush()
+	up := rawUpstream(t, func(conn io.Writer) {
 		io.WriteString(conn, "HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nhi")
-	}))
+	})
 	e := startProxy(t, Options{Rules: []Rule{{Name: "plain", Hosts: []string{"plain.test"}, Ports: []int{up.port}, AllowPrivate: true}}})
 	resp, err := e.client(nil).Get(fmt.Sprintf("http://plain.test:%d/", up.port))
 	if err != nil {
