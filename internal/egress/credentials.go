@@ -141,22 +141,57 @@ func (c *credential) hostList() string {
 }
 
 // placeholderPatterns are the forms of every placeholder that the proxy
-// recognises in a body it streams rather than buffers: as is, and
-// percent-encoded with upper- or lower-case hex.
+// recognises in a body it streams rather than buffers (a body it buffers is
+// decoded before it is searched): as is and percent-encoded, wholly or in
+// part, with upper- or lower-case hex.
 func placeholderPatterns(creds []*credential) *matcher {
 	var pats []pattern
 	for i, c := range creds {
-		forms := []string{c.ph}
-		if e := url.QueryEscape(c.ph); e != c.ph {
-			forms = append(forms, e, lowerHexEscapes(e))
-		}
-		for _, f := range forms {
+		for _, f := range escapings(c.ph) {
 			if !slices.ContainsFunc(pats, func(p pattern) bool { return string(p.text) == f }) {
 				pats = append(pats, pattern{text: []byte(f), repl: []byte(f), id: i})
 			}
 		}
 	}
 	return newMatcher(pats)
+}
+
+// maxEscapable bounds the bytes escapings varies: each triples the forms.
+const maxEscapable = 4
+
+// escapings returns s with each byte that URL encoding escapes left as is
+// or percent-encoded in upper- or lower-case hex, in every combination. A
+// placeholder has two such bytes, its colons: nine forms. Past
+// maxEscapable such bytes it returns s and its whole escapes only.
+func escapings(s string) []string {
+	var at []int
+	for i := range len(s) {
+		if url.QueryEscape(s[i:i+1]) != s[i:i+1] {
+			at = append(at, i)
+		}
+	}
+	if len(at) > maxEscapable {
+		e := url.QueryEscape(s)
+		return []string{s, e, lowerHexEscapes(e)}
+	}
+	forms := []string{""}
+	prev := 0
+	for _, i := range at {
+		upper, lower := fmt.Sprintf("%%%02X", s[i]), fmt.Sprintf("%%%02x", s[i])
+		var next []string
+		for _, f := range forms {
+			f += s[prev:i]
+			next = append(next, f+s[i:i+1], f+upper)
+			if lower != upper {
+				next = append(next, f+lower)
+			}
+		}
+		forms, prev = next, i+1
+	}
+	for j := range forms {
+		forms[j] += s[prev:]
+	}
+	return forms
 }
 
 func lowerHexEscapes(s string) string {

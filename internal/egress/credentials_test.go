@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -94,5 +95,24 @@ func TestSubstituteBodyEscapesForItsType(t *testing.T) {
 	}
 	if _, _, err := substituteBody([]byte(`"`+ph+`"`), "application/json", ph, []byte{0xff}); err == nil {
 		t.Error("a non-UTF-8 value went into JSON")
+	}
+}
+
+// escapings gives every mix of raw and escaped bytes, in either case of
+// hex, each decoding to the input; past maxEscapable such bytes only the
+// whole forms.
+func TestEscapingsCoversEveryMix(t *testing.T) {
+	forms := escapings("ps:gh:1")
+	want := []string{
+		"ps:gh:1", "ps:gh%3A1", "ps:gh%3a1",
+		"ps%3Agh:1", "ps%3Agh%3A1", "ps%3Agh%3a1",
+		"ps%3agh:1", "ps%3agh%3A1", "ps%3agh%3a1",
+	}
+	if !slices.Equal(forms, want) {
+		t.Errorf("escapings = %q, want %q", forms, want)
+	}
+	many := escapings("a:b:c:d:e:f")
+	if len(many) != 3 || many[0] != "a:b:c:d:e:f" || many[1] != "a%3Ab%3Ac%3Ad%3Ae%3Af" || many[2] != "a%3ab%3ac%3ad%3ae%3af" {
+		t.Errorf("past the bound: %q", many)
 	}
 }

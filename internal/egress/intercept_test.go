@@ -289,11 +289,9 @@ func TestEgressChecksBodiesTooLargeToBuffer(t *testing.T) {
 	}))
 	c.proxy.rules[1].ports = append(c.proxy.rules[1].ports, other.port)
 	client := c.client(nil)
-	big := func(withPlaceholder bool) io.Reader {
+	big := func(with string) io.Reader {
 		b := bytes.Repeat([]byte("x"), 20000)
-		if withPlaceholder {
-			copy(b[15000:], c.ph)
-		}
+		copy(b[15000:], with)
 		// No Content-Length: the proxy must read to know the size.
 		return io.MultiReader(bytes.NewReader(b))
 	}
@@ -304,14 +302,25 @@ func TestEgressChecksBodiesTooLargeToBuffer(t *testing.T) {
 		}
 		return resp.StatusCode, readAll(t, resp)
 	}
-	if code, body := post(fmt.Sprintf("http://other.test:%d/", other.port), big(false)); code != 200 || body != "20000" {
+	if code, body := post(fmt.Sprintf("http://other.test:%d/", other.port), big("")); code != 200 || body != "20000" {
 		t.Fatalf("large body without placeholder: got %d %q", code, body)
 	}
-	code, body := post(fmt.Sprintf("http://other.test:%d/", other.port), big(true))
-	if code != 403 || !strings.Contains(body, `placeholder of secret "github"`) {
-		t.Fatalf("large body with placeholder to another host: got %d %q", code, body)
+	// As is, and escaped wholly or in part, in either case of hex.
+	first := strings.Index(c.ph, ":")
+	second := first + 1 + strings.Index(c.ph[first+1:], ":")
+	for _, form := range []string{
+		c.ph,
+		url.QueryEscape(c.ph),
+		c.ph[:first] + "%3A" + c.ph[first+1:],
+		c.ph[:second] + "%3a" + c.ph[second+1:],
+		c.ph[:first] + "%3a" + c.ph[first+1:second] + "%3A" + c.ph[second+1:],
+	} {
+		code, body := post(fmt.Sprintf("http://other.test:%d/", other.port), big(form))
+		if code != 403 || !strings.Contains(body, `placeholder of secret "github"`) {
+			t.Errorf("large body with %q to another host: got %d %q", form, code, body)
+		}
 	}
-	code, body = post(fmt.Sprintf("http://api.test:%d/", c.api.port), big(true))
+	code, body := post(fmt.Sprintf("http://api.test:%d/", c.api.port), big(c.ph))
 	if code != 403 || !strings.Contains(body, "larger than 4096 bytes") {
 		t.Fatalf("large body needing substitution: got %d %q", code, body)
 	}

@@ -408,7 +408,7 @@ func secretForms(value []byte) [][]byte {
 	pathEsc := []byte(url.PathEscape(string(value)))
 	for _, esc := range [][]byte{query, pathEsc, strictEscape(value, ""), strictEscape(value, "/")} {
 		add(esc)
-		add(lowerHex(esc))
+		add([]byte(lowerHexEscapes(string(esc))))
 	}
 	for _, html := range []bool{true, false} {
 		j := jsonEscape(value, html)
@@ -452,26 +452,6 @@ func strictEscape(s []byte, keep string) []byte {
 		out = append(out, '%', hex[c>>4], hex[c&15])
 	}
 	return out
-}
-
-// lowerHex returns s with the hex digits of its percent-escapes in lower
-// case, as some encoders write them.
-func lowerHex(s []byte) []byte {
-	out := slices.Clone(s)
-	for i := 0; i+2 < len(out); i++ {
-		if out[i] == '%' {
-			out[i+1], out[i+2] = lowerASCII(out[i+1]), lowerASCII(out[i+2])
-			i += 2
-		}
-	}
-	return out
-}
-
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
 }
 
 // jsonEscape returns value as it appears inside a JSON string.
