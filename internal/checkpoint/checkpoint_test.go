@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -339,6 +340,38 @@ func TestHostileWorkspace(t *testing.T) {
 		mustRestore(t, s, ws, c.ID)
 		if _, err := os.Lstat(filepath.Join(ws, deep)); !os.IsNotExist(err) {
 			t.Fatalf("restore left the skipped directory: %v", err)
+		}
+	})
+
+	t.Run("a chain deeper than remove descends at once is removed", func(t *testing.T) {
+		s, _ := openStore(t, Options{NoSync: true})
+		ws := t.TempDir()
+		writeFile(t, filepath.Join(ws, "kept"), []byte("good"), 0o644)
+		c := mustCheckpoint(t, s, ws, Key{Session: "s"})
+		writeFile(t, filepath.Join(ws, "kept"), []byte("evil"), 0o644)
+		// Deeper than any path can name: built a level at a time.
+		fd, err := syscall.Open(ws, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+		for range maxRemoveDepth + 50 {
+			if err != nil {
+				break
+			}
+			if err = syscall.Mkdirat(fd, "d", 0o755); err == nil {
+				var next int
+				next, err = syscall.Openat(fd, "d", syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+				syscall.Close(fd)
+				fd = next
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		syscall.Close(fd)
+		rep := mustRestore(t, s, ws, c.ID)
+		if b, _ := os.ReadFile(filepath.Join(ws, "kept")); string(b) != "good" {
+			t.Errorf("kept = %q after the restore", b)
+		}
+		if names, _ := os.ReadDir(ws); len(names) != 1 || rep.Removed != maxRemoveDepth+50 {
+			t.Errorf("after the restore the workspace holds %v; %d removed, want %d", names, rep.Removed, maxRemoveDepth+50)
 		}
 	})
 

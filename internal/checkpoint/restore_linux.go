@@ -15,8 +15,9 @@ import (
 	"syscall"
 )
 
-// maxRemoveDepth bounds the nesting Restore removes; each level holds a
-// file descriptor open.
+// maxRemoveDepth bounds the levels of a tree remove descends at once, each
+// holding a file descriptor open. A deeper tree's rest is moved up to the
+// root, to be removed from there (restorer.aside).
 const maxRemoveDepth = 4096
 
 // restorer applies one checkpoint. Every operation is relative to a
@@ -33,6 +34,10 @@ type restorer struct {
 	uid, gid int
 	nameBuf  []byte
 	rep      RestoreReport
+	// root is the root directory, and aside the names in it of the
+	// subtrees remove moved there, still to be removed.
+	root  int
+	aside []string
 }
 
 func (s *Store) restore(ctx context.Context, root string, id hash, cache *snapCache) (RestoreReport, error) {
@@ -48,8 +53,13 @@ func (s *Store) restore(ctx context.Context, root string, id hash, cache *snapCa
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return RestoreReport{}, fmt.Errorf("checkpoint: restore: %w", err)
 	}
-	r := &restorer{s: s, ctx: ctx, cache: cache, chown: os.Geteuid() == 0, uid: int(st.Uid), gid: int(st.Gid)}
+	r := &restorer{s: s, ctx: ctx, cache: cache, chown: os.Geteuid() == 0, uid: int(st.Uid), gid: int(st.Gid), root: fd}
 	err = r.dir(fd, "", id)
+	for err == nil && len(r.aside) > 0 {
+		name := r.aside[0]
+		r.aside = r.aside[1:]
+		err = r.remove(fd, "", name, 0)
+	}
 	slices.Sort(r.rep.DroppedSetID)
 	return r.rep, err
 }
@@ -411,7 +421,22 @@ func (r *restorer) remove(fd int, rel, name string, depth int) error {
 	}
 	// A directory (unlink reports EISDIR, or EPERM on some file systems).
 	if depth >= maxRemoveDepth {
-		return r.wrap("remove", path, errors.New("nested too deep"))
+		// Move it up to the root, under a name of its own, and remove it
+		// from there once this tree is gone: the descent starts afresh.
+		for {
+			aside := tempName()
+			err := syscall.Renameat(fd, name, r.root, aside)
+			switch err {
+			case nil:
+				r.aside = append(r.aside, aside)
+				return nil
+			case syscall.EEXIST, syscall.ENOTEMPTY, syscall.ENOTDIR, syscall.EISDIR:
+				continue // the name is taken: another
+			case syscall.ENOENT:
+				return nil
+			}
+			return r.wrap("remove", path, err)
+		}
 	}
 	if err := r.ctx.Err(); err != nil {
 		return err
