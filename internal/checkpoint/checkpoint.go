@@ -36,6 +36,7 @@ const (
 	ReasonMount      = "on another file system (mount point)"
 	ReasonTooDeep    = "nested too deep"
 	ReasonBadLink    = "symlink target empty or too long"
+	ReasonSparse     = "sparse: mostly holes, which a checkpoint would store byte for byte"
 )
 
 // Checkpoint describes one recorded checkpoint.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -340,6 +341,39 @@ func TestHostileWorkspace(t *testing.T) {
 		mustRestore(t, s, ws, c.ID)
 		if _, err := os.Lstat(filepath.Join(ws, deep)); !os.IsNotExist(err) {
 			t.Fatalf("restore left the skipped directory: %v", err)
+		}
+	})
+
+	t.Run("a sparse file is skipped, not stored hole by hole", func(t *testing.T) {
+		s, store := openStore(t, Options{NoSync: true})
+		ws := t.TempDir()
+		f, err := os.Create(filepath.Join(ws, "sparse"))
+		if err == nil {
+			_, err = f.WriteAt([]byte("x"), 1<<40-1) // a terabyte that holds a block
+		}
+		if err == nil {
+			err = f.Close()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(ws, "dense"), bytes.Repeat([]byte("d"), sparseMinSize+1), 0o644)
+		c := mustCheckpoint(t, s, ws, Key{Session: "s"})
+		if diff := cmp.Diff([]string{"sparse: " + ReasonSparse}, skipNames(c.Skipped)); diff != "" {
+			t.Errorf("Skipped (-want +got):\n%s", diff)
+		}
+		if c.Files != 1 || c.NewBytes > 2*sparseMinSize {
+			t.Errorf("recorded %d files, %d new bytes; want the dense file alone", c.Files, c.NewBytes)
+		}
+		var used int64
+		filepath.WalkDir(store, func(_ string, d fs.DirEntry, err error) error {
+			if info, ierr := d.Info(); err == nil && ierr == nil && !d.IsDir() {
+				used += info.Size()
+			}
+			return nil
+		})
+		if used > 2*sparseMinSize {
+			t.Errorf("the store holds %d bytes", used)
 		}
 	})
 

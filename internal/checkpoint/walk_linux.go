@@ -471,6 +471,13 @@ func (w *walker) hashFile(dirfd int, name string, k statKey, nameBuf *[]byte) (h
 		default:
 			return hash{}, k, reasonFor(err), nil
 		}
+		if k.size > sparseMinSize {
+			var fst syscall.Stat_t
+			if syscall.Fstat(fd, &fst) == nil && fst.Blocks*512 < k.size/sparseRatio {
+				syscall.Close(fd)
+				return hash{}, k, ReasonSparse, nil
+			}
+		}
 		w.hashed.Add(1)
 		sum, ok, err := w.readFile(fd, k)
 		syscall.Close(fd)
@@ -483,6 +490,16 @@ func (w *walker) hashFile(dirfd int, name string, k statKey, nameBuf *[]byte) (h
 	}
 	return hash{}, k, ReasonChanged, nil
 }
+
+// A file over sparseMinSize whose blocks hold less than 1/sparseRatio of
+// its size is skipped: a checkpoint stores every byte of a file, holes
+// included, so a sandbox could otherwise turn a few kilobytes of its disk
+// into terabytes of the store's. Reading stops at the size checked, so the
+// store gets at most sparseRatio times what the file held.
+const (
+	sparseMinSize = 64 << 20
+	sparseRatio   = 8
+)
 
 // unchanged reports whether the file open at fd still has stat k.
 func unchanged(fd int, k statKey) bool {
