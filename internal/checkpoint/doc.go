@@ -73,13 +73,16 @@
 // A snapshot leaves out, and lists in Checkpoint.Skipped with a reason:
 // FIFOs, sockets and device nodes (they have no content to keep, and
 // opening them could block or act on the host); entries it may not read;
-// directories on another file system or nested deeper than 256; and files
-// that changed while read twice, since a file is kept only if its stat
-// after reading equals its stat before, so no content is ever torn. A
-// restore removes whatever was skipped. Restore never sets setuid or
+// directories on another file system or nested deeper than 256; sparse
+// files over 64 MiB whose blocks hold less than an eighth of their size
+// (their holes would be stored byte for byte); and files that changed
+// while read twice, since a file is kept only if its stat after reading
+// equals its stat before, so no content is ever torn. A restore removes
+// whatever was skipped, a tree of any depth included. Restore never sets setuid or
 // setgid bits, which the manifest records (RestoreReport.DroppedSetID),
 // and, running as root, gives what it creates the root directory's owner.
-// Hard links are recorded as separate files. Ownership, timestamps,
+// Hard links are recorded as separate files (stored once, restored once
+// per link). Ownership, timestamps,
 // extended attributes and ACLs are not recorded.
 //
 // The stat comparison is what git relies on too, and shares its blind
