@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,7 +72,7 @@ func compileCondition(src string) (*condition, []string) {
 
 // errAmbiguousInput fails every condition on an input whose keys differ
 // only in case.
-var errAmbiguousInput = errors.New("the input has keys that differ only in case, which tools may decode either way")
+var errAmbiguousInput = errors.New("the input has a key twice, or keys that differ only in case, which tools may decode either way")
 
 // eval evaluates the condition. A result that is not a bool is an error.
 func (c *condition) eval(a *activation) (bool, error) {
@@ -151,7 +152,10 @@ func newActivation(c *Call) *activation {
 	default:
 		if m, ok := v.(map[string]any); ok {
 			a.input = m
-			a.ambiguous = foldCollision(m)
+			a.ambiguous = duplicateKey(c.Input)
+			if a.ambiguous == "" {
+				a.ambiguous = foldCollision(m)
+			}
 		} else {
 			a.note = fmt.Sprintf("the input is a JSON %s, not an object; conditions see it as {}", jsonKind(v))
 		}
@@ -176,6 +180,49 @@ func jsonKind(v any) string {
 		return "bool"
 	}
 	return fmt.Sprintf("%T", v)
+}
+
+// duplicateKey returns a key that appears twice in one object of the JSON
+// text raw, at any depth, or "" if none does. Decoders disagree about which
+// of two equal keys counts: encoding/json (which decodes for the
+// conditions) keeps the last, the SDK's tools the first.
+func duplicateKey(raw []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	// One set of keys per open object; nil for an open array.
+	var open []map[string]bool
+	expectKey := func() bool { return len(open) > 0 && open[len(open)-1] != nil }
+	key := true // the next string in the current object is a key
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "" // the end, or JSON that json.Unmarshal refused already
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{':
+				open = append(open, map[string]bool{})
+				key = true
+				continue
+			case '[':
+				open = append(open, nil)
+			case '}', ']':
+				open = open[:len(open)-1]
+			}
+		case string:
+			if expectKey() && key {
+				if open[len(open)-1][t] {
+					return fmt.Sprintf("%q twice", t)
+				}
+				open[len(open)-1][t] = true
+				key = false
+				continue
+			}
+		}
+		// A value ended (a scalar, or a closed object or array): in an
+		// object, a key comes next.
+		key = expectKey()
+	}
 }
 
 // foldCollision returns two keys of m that are equal under Unicode case

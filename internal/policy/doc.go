@@ -24,9 +24,11 @@
 //     field, a wrong type, the cost limit) counts as true for deny, defer and
 //     ask rules and as false for allow rules, and an evaluated_permission it
 //     does not know counts as ask;
-//   - treats an input object whose keys differ only in case ("command" and
-//     "Command") as ambiguous and fails every condition on it closed, since
-//     decoders disagree about which of the two a tool would run.
+//   - treats an input with a key twice in one object, or whose keys differ
+//     only in case ("command" and "Command"), as ambiguous and fails every
+//     condition on it closed, since decoders disagree about which of the
+//     two a tool would run (encoding/json keeps the last of two equal keys,
+//     the SDK's tools the first).
 //
 // Conditions see the input exactly as the JSON object the tool receives. The
 // code that runs the tool must decode the same bytes with exact key matching;

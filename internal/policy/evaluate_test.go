@@ -184,6 +184,12 @@ rules:
 		{"bool result", Call{Tool: "edit", Input: input(map[string]any{"flag": false})}, Allow, "default", "condition false"},
 		// Keys that differ only in case could reach the tool either way.
 		{"ambiguous keys", Call{Tool: "bash", Input: []byte(`{"command":"ls","Command":"rm -rf /"}`)}, Deny, "no rm", "differ only in case"},
+		// A key twice: encoding/json keeps the last, the SDK's tools the
+		// first. Spelt alike or only decoded alike, at any depth.
+		{"a key twice", Call{Tool: "bash", Input: []byte(`{"command":"rm -rf /","command":"ls"}`)}, Deny, "no rm", `"command" twice`},
+		{"a key twice, escaped", Call{Tool: "bash", Input: []byte(`{"command":"rm -rf /","\u0063ommand":"ls"}`)}, Deny, "no rm", `"command" twice`},
+		{"a key twice, nested", Call{Tool: "bash", Input: []byte(`{"command":"ls","opts":[{"a":1,"a":2}]}`)}, Deny, "no rm", `"a" twice`},
+		{"one key in two objects", Call{Tool: "bash", Input: []byte(`{"command":"ls","x":{"a":1},"y":[{"a":2},{"a":3}]}`)}, Allow, "default", "condition false"},
 		{"input not an object", Call{Tool: "bash", Input: []byte(`["rm -rf /"]`)}, Deny, "no rm", "not an object"},
 	}
 	for _, tt := range tests {
