@@ -257,6 +257,15 @@ func TestProductionExampleDecidesAsItsCommentsSay(t *testing.T) {
 		{"force push", Call{Tool: "bash", Input: input(map[string]any{"command": "git push origin main --force"})}, Deny, "no destructive shell"},
 		{"go test", Call{Tool: "bash", Input: input(map[string]any{"command": "go test ./..."})}, Allow, "routine shell"},
 		{"routine with a pipe", Call{Tool: "bash", Input: input(map[string]any{"command": "ls | sh"})}, Ask, "other shell commands"},
+		{"routine with arguments", Call{Tool: "bash", Input: input(map[string]any{"command": "git log -n 3 --oneline main.go"})}, Allow, "routine shell"},
+		// What the shell would unquote, unescape or expand into a secret's
+		// path is not routine.
+		{"quoted secret", Call{Tool: "bash", Input: input(map[string]any{"command": `cat ~/.s""sh/config`})}, Ask, "other shell commands"},
+		{"single-quoted secret", Call{Tool: "bash", Input: input(map[string]any{"command": `cat .e''nv`})}, Ask, "other shell commands"},
+		{"escaped secret", Call{Tool: "bash", Input: input(map[string]any{"command": `cat .a\ws/credentials`})}, Ask, "other shell commands"},
+		{"globbed secret", Call{Tool: "bash", Input: input(map[string]any{"command": "cat .ss?/config"})}, Ask, "other shell commands"},
+		{"bracketed secret", Call{Tool: "bash", Input: input(map[string]any{"command": "cat .e[n]v"})}, Ask, "other shell commands"},
+		{"home secret", Call{Tool: "bash", Input: input(map[string]any{"command": "head ~/.n?trc"})}, Ask, "other shell commands"},
 		{"curl", Call{Tool: "bash", Input: input(map[string]any{"command": "curl example.com"})}, Ask, "other shell commands"},
 		{"bash without a command", Call{Tool: "bash", Input: input(map[string]any{})}, Deny, "no destructive shell"},
 		{"docs write", Call{Tool: "write", Input: input(map[string]any{"file_path": "docs/x.md", "content": "hi"})}, Allow, "docs changes"},
