@@ -35,4 +35,9 @@
 // a decoder that matches keys case-insensitively (encoding/json into a
 // struct does) could run a field, such as "Command", that a condition over
 // input.command never saw.
+//
+// The SDK's tools read a boolean field loosely: "true" and 1 count as true,
+// while input.restart == true is false for them (and no error). A condition
+// on a boolean field that must hold whatever its spelling compares its text:
+// has(input.restart) && string(input.restart) in ["true", "1"].
 package policy

@@ -237,6 +237,32 @@ func TestCostLimitStopsPathologicalCondition(t *testing.T) {
 	}
 }
 
+// The spelling the package doc gives for a boolean field catches the
+// loose spellings the SDK's tools accept as true, and only those.
+func TestALooseBooleanIsCaughtAsTheDocSays(t *testing.T) {
+	p := mustParse(t, `version: 1
+default:
+  decision: allow
+rules:
+  - name: no restarts
+    tools: [bash]
+    when: has(input.restart) && string(input.restart) in ["true", "1"]
+    decision: deny
+`)
+	for raw, want := range map[string]Decision{
+		`{"command":"id","restart":true}`:    Deny,
+		`{"command":"id","restart":"true"}`:  Deny,
+		`{"command":"id","restart":1}`:       Deny,
+		`{"command":"id","restart":false}`:   Allow,
+		`{"command":"id","restart":"false"}`: Allow,
+		`{"command":"id"}`:                   Allow,
+	} {
+		if got := p.Evaluate(Call{Tool: "bash", Input: []byte(raw)}).Decision; got != want {
+			t.Errorf("%s: %v, want %v", raw, got, want)
+		}
+	}
+}
+
 func TestProductionExampleDecidesAsItsCommentsSay(t *testing.T) {
 	p, err := Load("../../examples/policies/production.yaml")
 	if err != nil {
