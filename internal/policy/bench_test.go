@@ -1,6 +1,10 @@
 package policy
 
-import "testing"
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
 
 // BenchmarkEvaluate100Rules is one Evaluate of a call on the 100-rule
 // Synthetic policy, cycling through SyntheticCalls. Target: ≤ 50 µs.
@@ -25,6 +29,22 @@ func benchmarkEvaluate(b *testing.B, src []byte) {
 	for b.Loop() {
 		p.Evaluate(calls[i%len(calls)])
 		i++
+	}
+}
+
+// BenchmarkEvaluateLargeWrite is a write of 248 KB on the 100-rule
+// policy: what decoding and scanning the input add grows with its size.
+func BenchmarkEvaluateLargeWrite(b *testing.B) {
+	p, err := Parse("bench.yaml", Synthetic(100))
+	if err != nil {
+		b.Fatal(err)
+	}
+	in, _ := json.Marshal(map[string]any{"file_path": "src/main.go", "content": strings.Repeat("package main // a line of code\n", 8000)})
+	c := Call{Tool: "write", Input: in}
+	b.SetBytes(int64(len(in)))
+	b.ReportAllocs()
+	for b.Loop() {
+		p.Evaluate(c)
 	}
 }
 

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -185,44 +184,49 @@ func jsonKind(v any) string {
 // duplicateKey returns a key that appears twice in one object of the JSON
 // text raw, at any depth, or "" if none does. Decoders disagree about which
 // of two equal keys counts: encoding/json (which decodes for the
-// conditions) keeps the last, the SDK's tools the first.
+// conditions) keeps the last, the SDK's tools the first. raw is valid JSON
+// (json.Unmarshal took it): the scan only finds the strings in it and skips
+// values without decoding them, so a large input costs one pass.
 func duplicateKey(raw []byte) string {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	// One set of keys per open object; nil for an open array.
-	var open []map[string]bool
-	expectKey := func() bool { return len(open) > 0 && open[len(open)-1] != nil }
-	key := true // the next string in the current object is a key
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return "" // the end, or JSON that json.Unmarshal refused already
-		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{':
-				open = append(open, map[string]bool{})
-				key = true
-				continue
-			case '[':
-				open = append(open, nil)
-			case '}', ']':
-				open = open[:len(open)-1]
-			}
-		case string:
-			if expectKey() && key {
-				if open[len(open)-1][t] {
-					return fmt.Sprintf("%q twice", t)
+	var objects []map[string]bool // per open object or array (nil) in turn
+	wantKey := false              // the next string is a key
+	for i := 0; i < len(raw); i++ {
+		switch raw[i] {
+		case '{':
+			objects = append(objects, map[string]bool{})
+			wantKey = true
+		case '[':
+			objects = append(objects, nil)
+		case '}', ']':
+			objects = objects[:len(objects)-1]
+		case ',':
+			wantKey = objects[len(objects)-1] != nil
+		case '"':
+			j := i + 1
+			escaped := false
+			for raw[j] != '"' {
+				if raw[j] == '\\' {
+					escaped = true
+					j++
 				}
-				open[len(open)-1][t] = true
-				key = false
-				continue
+				j++
 			}
+			if wantKey {
+				key := string(raw[i+1 : j])
+				if escaped {
+					_ = json.Unmarshal(raw[i:j+1], &key)
+				}
+				seen := objects[len(objects)-1]
+				if seen[key] {
+					return fmt.Sprintf("%q twice", key)
+				}
+				seen[key] = true
+				wantKey = false
+			}
+			i = j
 		}
-		// A value ended (a scalar, or a closed object or array): in an
-		// object, a key comes next.
-		key = expectKey()
 	}
+	return ""
 }
 
 // foldCollision returns two keys of m that are equal under Unicode case

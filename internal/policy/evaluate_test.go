@@ -189,6 +189,7 @@ rules:
 		{"a key twice", Call{Tool: "bash", Input: []byte(`{"command":"rm -rf /","command":"ls"}`)}, Deny, "no rm", `"command" twice`},
 		{"a key twice, escaped", Call{Tool: "bash", Input: []byte(`{"command":"rm -rf /","\u0063ommand":"ls"}`)}, Deny, "no rm", `"command" twice`},
 		{"a key twice, nested", Call{Tool: "bash", Input: []byte(`{"command":"ls","opts":[{"a":1,"a":2}]}`)}, Deny, "no rm", `"a" twice`},
+		{"a key twice, after strings with quotes and backslashes", Call{Tool: "bash", Input: []byte(`{"command":"a\"b\\","x":["\\\"",{"command":1}],"command":"ls"}`)}, Deny, "no rm", `"command" twice`},
 		{"one key in two objects", Call{Tool: "bash", Input: []byte(`{"command":"ls","x":{"a":1},"y":[{"a":2},{"a":3}]}`)}, Allow, "default", "condition false"},
 		{"input not an object", Call{Tool: "bash", Input: []byte(`["rm -rf /"]`)}, Deny, "no rm", "not an object"},
 	}
