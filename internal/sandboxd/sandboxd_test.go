@@ -116,6 +116,20 @@ func (s *server) hello(t *testing.T) sandbox.Hello {
 	return *h.Hello
 }
 
+// waitForOpen waits until this process has path open.
+func waitForOpen(t *testing.T, path string) {
+	t.Helper()
+	waitUntil(t, path+" was never opened", func() bool {
+		fds, _ := os.ReadDir("/proc/self/fd")
+		for _, fd := range fds {
+			if target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && target == path {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func mustJSON(v any) json.RawMessage {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -130,15 +144,21 @@ func result(id int, text string, isError bool) sandbox.Response {
 
 func waitForFile(t *testing.T, path string) {
 	t.Helper()
+	waitUntil(t, path+" never appeared", func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	})
+}
+
+// waitUntil polls ok for up to 30s, then fails with what.
+func waitUntil(t *testing.T, what string, ok func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
+	for !ok() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never appeared", path)
+			t.Fatal(what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -323,7 +343,8 @@ func TestServeReturnsOnEOFWhileAToolIgnoresItsCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.exec(t, 1, "read", map[string]any{"file_path": "sparse", "view_range": []int64{1 << 60, 1<<60 + 1}})
-	time.Sleep(300 * time.Millisecond) // the read is under way
+	// The read is under way once this process has the file open.
+	waitForOpen(t, filepath.Join(s.workdir, "sparse"))
 	_ = s.in.Close()
 	select {
 	case err := <-s.done:
