@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -96,7 +97,7 @@ func decodeBody(r *http.Request, v any, optional bool) error {
 		}
 		return errInvalid("request body is empty; send a JSON object")
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	if err := dec.Decode(v); err != nil {
 		var se *json.SyntaxError
@@ -114,7 +115,8 @@ func decodeBody(r *http.Request, v any, optional bool) error {
 			return errInvalid("request body is not valid JSON: %v", err)
 		}
 	}
-	if dec.More() {
+	// dec.More reports false at a stray '}' or ']', so look at the bytes.
+	if len(bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n")) > 0 {
 		return errInvalid("request body has data after the JSON object; send exactly one object")
 	}
 	return nil

@@ -449,6 +449,8 @@ func TestRejectedRequestsChangeNothing(t *testing.T) {
 	}{
 		{"malformed JSON", `{"events": [`, 400, "not valid JSON"},
 		{"trailing garbage", `{"events": []} x`, 400, "after the JSON object"},
+		{"a stray closing brace", `{"events":[{"type":"user.message","content":[{"type":"text","text":"x"}]}]}}`, 400, "after the JSON object"},
+		{"a stray closing bracket", `{"events":[{"type":"user.message","content":[{"type":"text","text":"x"}]}]}]`, 400, "after the JSON object"},
 		{"wrong type", `{"events": "x"}`, 400, "events must be an array"},
 		{"no events", `{"events": []}`, 400, "events is required"},
 		{"empty body", ``, 400, "body is empty"},
