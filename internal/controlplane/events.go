@@ -371,7 +371,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	q := r.URL.Query()
-	eq := eventQuery{SessionID: id, Cursor: cursor, Limit: limit + 1}
+	eq := eventQuery{SessionID: id, Cursor: cursor, Limit: limit, MaxBytes: maxPageBytes}
 	switch q.Get("order") {
 	case "", "asc":
 	case "desc":
@@ -383,19 +383,26 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.sessionOr404(ctx, s.db, id); err != nil {
 		return err
 	}
-	evs, err := listEvents(ctx, s.db, eq)
+	evs, more, err := listEvents(ctx, s.db, eq)
 	if err != nil {
 		return err
 	}
-	data := []json.RawMessage{}
-	for _, ev := range evs[:min(limit, len(evs))] {
+	data := make([]json.RawMessage, 0, len(evs))
+	for _, ev := range evs {
 		data = append(data, ev.Body)
 	}
 	var next *string
-	if len(evs) > limit {
-		c := encodeCursor(evs[limit-1].Seq)
+	if more {
+		c := encodeCursor(evs[len(evs)-1].Seq)
 		next = &c
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"data": data, "next_page": next})
 	return nil
 }
+
+// maxPageBytes bounds the events of one list page: a page ends before the
+// event that would take it past this, but always holds one event. The SDK
+// reads a session's whole log with limit=1000 and follows next_page, so a
+// long session of large tool results costs more pages, not one response of
+// unbounded size.
+const maxPageBytes = 8 << 20

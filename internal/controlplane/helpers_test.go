@@ -224,14 +224,22 @@ func (c *testCP) session(id string) map[string]any {
 	return c.mustDo(200, "GET", "/v1/sessions/"+id, apiKeyCred, nil).json(c.t)
 }
 
+// events returns a session's whole log, oldest first, following next_page.
 func (c *testCP) events(id string) []map[string]any {
 	c.t.Helper()
-	r := c.mustDo(200, "GET", "/v1/sessions/"+id+"/events?limit=1000", apiKeyCred, nil).json(c.t)
 	var out []map[string]any
-	for _, e := range r["data"].([]any) {
-		out = append(out, e.(map[string]any))
+	page := ""
+	for {
+		r := c.mustDo(200, "GET", "/v1/sessions/"+id+"/events?limit=1000"+page, apiKeyCred, nil).json(c.t)
+		for _, e := range r["data"].([]any) {
+			out = append(out, e.(map[string]any))
+		}
+		next, _ := r["next_page"].(string)
+		if next == "" {
+			return out
+		}
+		page = "&page=" + next
 	}
-	return out
 }
 
 func (c *testCP) work(id string) map[string]any {

@@ -740,3 +740,55 @@ func TestNewRejectsBadOptionsAndScenarios(t *testing.T) {
 		})
 	}
 }
+
+func TestEventsListPageStaysBoundedWhenEventsAreLarge(t *testing.T) {
+	cp := startCP(t, Options{ScenarioDir: testScenarios(t)})
+	sess := cp.createSession("agent_one", nil)["id"].(string)
+	big := strings.Repeat("x", 3<<20)
+	for i := 0; i < 4; i++ {
+		cp.mustDo(200, "POST", "/v1/sessions/"+sess+"/events", apiKeyCred, sendEvents(userMessage(big)))
+	}
+	want := 0
+	for _, e := range cp.events(sess) {
+		if e["type"] == "user.message" {
+			want++
+		}
+	}
+	if want != 4 {
+		t.Fatalf("the log has %d large messages, want 4", want)
+	}
+	// The runner lists the whole log with limit=1000, page by page.
+	seen := map[string]bool{}
+	var got []string
+	page := ""
+	for i := 0; ; i++ {
+		if i == 20 {
+			t.Fatal("the list did not end")
+		}
+		r := cp.mustDo(200, "GET", "/v1/sessions/"+sess+"/events?limit=1000"+page, apiKeyCred, nil)
+		if len(r.body) > maxPageBytes+64<<10 {
+			t.Errorf("a page is %d bytes, more than %d", len(r.body), maxPageBytes)
+		}
+		m := r.json(t)
+		for _, e := range m["data"].([]any) {
+			id := e.(map[string]any)["id"].(string)
+			if seen[id] {
+				t.Errorf("event %s is on two pages", id)
+			}
+			seen[id] = true
+			got = append(got, id)
+		}
+		next, _ := m["next_page"].(string)
+		if next == "" {
+			break
+		}
+		page = "&page=" + next
+	}
+	var all []string
+	for _, e := range cp.events(sess) {
+		all = append(all, e["id"].(string))
+	}
+	if strings.Join(got, ",") != strings.Join(all, ",") {
+		t.Errorf("paged %v\nwant %v", got, all)
+	}
+}

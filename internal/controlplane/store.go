@@ -411,11 +411,14 @@ type eventQuery struct {
 	SessionID string
 	Desc      bool
 	Cursor    int64 // exclusive bound on seq in the direction of travel; 0 = from the start
-	Limit     int
+	Limit     int   // most events in the page
+	MaxBytes  int   // the page ends before the event that would take its bodies past this, but holds at least one; 0 = no bound
 	Types     []string
 }
 
-func listEvents(ctx context.Context, q querier, eq eventQuery) ([]*eventRow, error) {
+// listEvents returns a page of a session's log and whether more follow. It
+// reads at most one event beyond the page.
+func listEvents(ctx context.Context, q querier, eq eventQuery) ([]*eventRow, bool, error) {
 	var (
 		where = []string{"session_id = ?"}
 		args  = []any{eq.SessionID}
@@ -436,13 +439,27 @@ func listEvents(ctx context.Context, q querier, eq eventQuery) ([]*eventRow, err
 			args = append(args, t)
 		}
 	}
-	args = append(args, eq.Limit)
+	args = append(args, eq.Limit+1)
 	rows, err := q.QueryContext(ctx, `SELECT `+eventColumns+` FROM events WHERE `+strings.Join(where, " AND ")+` ORDER BY seq `+order+` LIMIT ?`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list events of %s: %w", eq.SessionID, err)
+		return nil, false, fmt.Errorf("list events of %s: %w", eq.SessionID, err)
 	}
 	defer rows.Close()
-	return collect(rows, scanEvent)
+	var (
+		page []*eventRow
+		size int
+	)
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, false, fmt.Errorf("list events of %s: %w", eq.SessionID, err)
+		}
+		if len(page) == eq.Limit || (len(page) > 0 && eq.MaxBytes > 0 && size+len(e.Body) > eq.MaxBytes) {
+			return page, true, nil
+		}
+		page, size = append(page, e), size+len(e.Body)
+	}
+	return page, false, rows.Err()
 }
 
 // --- work ---
