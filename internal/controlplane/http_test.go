@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -299,6 +300,42 @@ func TestStatsCountWorkersThatPolled(t *testing.T) {
 	stats := cp.mustDo(200, "GET", "/v1/environments/env_default/work/stats", envCred, nil).json(t)
 	if stats["workers_polling"] != 2.0 || stats["depth"] != 0.0 || stats["oldest_queued_at"] != nil {
 		t.Errorf("stats = %v", stats)
+	}
+}
+
+// A client holding the environment key picks the Anthropic-Worker-ID of
+// each poll; remembering them for workers_polling must not let it grow the
+// control plane's memory without bound.
+func TestPollerIDsTakeBoundedMemory(t *testing.T) {
+	cp := startCP(t, Options{})
+	const limit = maxPollers
+	long := strings.Repeat("w", 2<<10)
+	now := time.Now()
+	cp.srv.mu.Lock()
+	for i := range 2 * limit {
+		cp.srv.notePoller(DefaultEnvironmentID, fmt.Sprintf("%s-%d", long, i), now)
+	}
+	seen := cp.srv.pollers[DefaultEnvironmentID].seen
+	keyBytes := 0
+	for k := range seen {
+		keyBytes += len(k)
+	}
+	n := len(seen)
+	cp.srv.mu.Unlock()
+	if n > limit || keyBytes > limit*64 {
+		t.Errorf("%d worker ids remembered in %d bytes, want at most %d ids of a fixed size", n, keyBytes, limit)
+	}
+	stats := cp.mustDo(200, "GET", "/v1/environments/env_default/work/stats", envCred, nil).json(t)
+	if stats["workers_polling"] != float64(n) {
+		t.Errorf("workers_polling = %v, want %d", stats["workers_polling"], n)
+	}
+	// Once those polls leave the window, a new worker counts again.
+	cp.srv.mu.Lock()
+	cp.srv.notePoller(DefaultEnvironmentID, "late", now.Add(pollerWindow+time.Second))
+	n = len(cp.srv.pollers[DefaultEnvironmentID].seen)
+	cp.srv.mu.Unlock()
+	if n != 1 {
+		t.Errorf("after the window %d worker ids are remembered, want the 1 that polled since", n)
 	}
 }
 

@@ -88,9 +88,9 @@ type Server struct {
 	// mu serialises every read-modify-write of the database and guards the
 	// fields below it.
 	mu           sync.Mutex
-	lastStamp    time.Time                       // last timestamp handed out; stamps strictly increase
-	queueChanged chan struct{}                   // closed and replaced when work becomes claimable
-	pollers      map[string]map[string]time.Time // environment → worker id → last poll
+	lastStamp    time.Time             // last timestamp handed out; stamps strictly increase
+	queueChanged chan struct{}         // closed and replaced when work becomes claimable
+	pollers      map[string]*pollerSet // by environment
 
 	// gate guards closed and admission to inflight, so Close cannot race a
 	// request that is just starting.
@@ -128,7 +128,7 @@ func New(opts Options) (*Server, error) {
 		ttl:          max(1, int64((opts.TTL+time.Second-1)/time.Second)),
 		scenarios:    map[string]*scenario.Scenario{},
 		queueChanged: make(chan struct{}),
-		pollers:      map[string]map[string]time.Time{},
+		pollers:      map[string]*pollerSet{},
 		closing:      make(chan struct{}),
 		done:         make(chan struct{}),
 	}

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"errors"
 	"log/slog"
@@ -26,7 +27,12 @@ const (
 	defaultReclaim = 5 * time.Second
 	// pollerWindow is how recent a poll must be to count in workers_polling.
 	pollerWindow = 30 * time.Second
+	// maxPollers bounds the worker ids an environment remembers.
+	maxPollers = 10000
 )
+
+// workerKey is the SHA-256 of an Anthropic-Worker-ID.
+type workerKey [sha256.Size]byte
 
 type workJSON struct {
 	ID                string            `json:"id"`
@@ -235,23 +241,49 @@ func (s *Server) claim(ctx context.Context, envID, workerID string, reclaim time
 	return item, err
 }
 
-// notePoller records a poll for workers_polling and forgets workers that
-// have not polled within the window. Callers hold s.mu.
+// pollerSet is the workers that polled an environment lately, for
+// workers_polling.
+type pollerSet struct {
+	seen map[workerKey]time.Time // worker → last poll
+	// prune is when the oldest poll in seen leaves the window, so a full
+	// set is scanned only when that frees room.
+	prune time.Time
+}
+
+// notePoller records a poll for workers_polling. The caller picks the
+// worker id, so it is kept as a fixed-size digest, and an environment
+// remembers at most maxPollers of them: once full, workers that have not
+// polled within the window are forgotten, and if none has, a new id is not
+// counted. Callers hold s.mu.
 func (s *Server) notePoller(envID, workerID string, now time.Time) {
 	if workerID == "" {
 		return
 	}
-	seen := s.pollers[envID]
-	if seen == nil {
-		seen = map[string]time.Time{}
-		s.pollers[envID] = seen
+	ps := s.pollers[envID]
+	if ps == nil {
+		ps = &pollerSet{seen: map[workerKey]time.Time{}}
+		s.pollers[envID] = ps
 	}
-	seen[workerID] = now
-	for id, at := range seen {
-		if now.Sub(at) > pollerWindow {
-			delete(seen, id)
+	key := workerKey(sha256.Sum256([]byte(workerID)))
+	if _, ok := ps.seen[key]; !ok && len(ps.seen) >= maxPollers {
+		if now.Before(ps.prune) {
+			return
+		}
+		oldest := now
+		for k, at := range ps.seen {
+			switch {
+			case now.Sub(at) > pollerWindow:
+				delete(ps.seen, k)
+			case at.Before(oldest):
+				oldest = at
+			}
+		}
+		ps.prune = oldest.Add(pollerWindow)
+		if len(ps.seen) >= maxPollers {
+			return
 		}
 	}
+	ps.seen[key] = now
 }
 
 func (s *Server) ackWork(w http.ResponseWriter, r *http.Request) error {
@@ -617,9 +649,11 @@ func (s *Server) workStats(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		polling := 0
-		for _, at := range s.pollers[envID] {
-			if now.Sub(at) <= pollerWindow {
-				polling++
+		if ps := s.pollers[envID]; ps != nil {
+			for _, at := range ps.seen {
+				if now.Sub(at) <= pollerWindow {
+					polling++
+				}
 			}
 		}
 		stats["depth"], stats["pending"], stats["oldest_queued_at"], stats["workers_polling"] = depth, pending, oldest, polling
