@@ -778,6 +778,30 @@ func TestNewRejectsBadOptionsAndScenarios(t *testing.T) {
 	}
 }
 
+// Go drops a query it cannot parse, wholly (too many parameters) or in
+// part (a bad escape); acting on the rest would, for instance, list every
+// event of a session for a client that asked for one type.
+func TestUnparsableQueryIsRejected(t *testing.T) {
+	cp := startCP(t, Options{ScenarioDir: testScenarios(t)})
+	sess := cp.createSession("agent_one", nil)["id"].(string)
+	path := "/v1/sessions/" + sess + "/events?types[]=agent.tool_use"
+	if n := len(cp.mustDo(200, "GET", path, apiKeyCred, nil).json(t)["data"].([]any)); n != 1 {
+		t.Fatalf("types[]=agent.tool_use lists %d events, want 1", n)
+	}
+	for name, q := range map[string]string{
+		"too many parameters": "&" + strings.Repeat("types[]=agent.tool_use&", 10000) + "limit=1",
+		"a bad escape":        "&types[]=%zz",
+		"a semicolon":         "&limit=1;x",
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := cp.do("GET", path+q, apiKeyCred, nil)
+			if r.status != 400 || r.errorType(t) != "invalid_request_error" || !strings.Contains(r.errorMessage(t), "query") {
+				t.Errorf("= %d %.300s, want 400 about the query", r.status, r.body)
+			}
+		})
+	}
+}
+
 func TestEventsListPageStaysBoundedWhenEventsAreLarge(t *testing.T) {
 	cp := startCP(t, Options{ScenarioDir: testScenarios(t)})
 	sess := cp.createSession("agent_one", nil)["id"].(string)

@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -322,7 +323,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("request-id", newID("req"))
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	sw := &statusWriter{ResponseWriter: w}
-	s.mux.ServeHTTP(sw, r)
+	// Handlers read r.URL.Query, which drops what it cannot parse; a request
+	// must not be served on the part of its query that survived.
+	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+		writeError(sw, errInvalid("the query string cannot be parsed: %v", err))
+	} else {
+		s.mux.ServeHTTP(sw, r)
+	}
 	s.log.Debug("request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
 		slog.Int("status", sw.status), slog.Duration("took", time.Since(start)))
 }
