@@ -1010,3 +1010,32 @@ func TestCheckpointAndRestoreOfOneWorkspaceTakeTurns(t *testing.T) {
 		}
 	}
 }
+
+// A listing can return a name twice when the name is removed and created
+// again between two getdents(2) calls of a large directory: btrfs, XFS and
+// tmpfs before Linux 6.6 list by an offset that the new entry takes anew.
+// The checkpoint records the name once, so that it can be restored.
+func TestANameListedTwiceIsRecordedOnce(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("full scan=%v", full), func(t *testing.T) {
+			s, _ := openStore(t, Options{FullScan: full})
+			ws := t.TempDir()
+			writeFile(t, filepath.Join(ws, "a"), []byte("a"), 0o644)
+			writeFile(t, filepath.Join(ws, "d", "f"), []byte("f"), 0o644)
+			want := describe(t, ws)
+			testHookListed = func(rel string, names []string) []string {
+				return append(names, names...)
+			}
+			defer func() { testHookListed = nil }()
+			c := mustCheckpoint(t, s, ws, Key{Session: "s"})
+			testHookListed = nil
+			if c.Files != 2 || c.Dirs != 1 {
+				t.Fatalf("recorded %d files and %d directories, want 2 and 1", c.Files, c.Dirs)
+			}
+			assertRestores(t, s, c.ID, want, "restore")
+			if _, err := s.Prune(context.Background(), Retention{}); err != nil {
+				t.Fatalf("Prune: %v", err)
+			}
+		})
+	}
+}

@@ -197,6 +197,10 @@ func reasonFor(err error) string {
 // and its watch: where a sandbox would swap the directory for a symlink.
 var testHookBeforeWatch func(rel string)
 
+// testHookListed, when set by a test, sees and may change each directory
+// listing as the kernel returned it.
+var testHookListed func(rel string, names []string) []string
+
 // walkDir records the directory open at fd, whose own stat is self, given
 // its state at the previous checkpoint (or nil).
 func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirState) (*dirState, error) {
@@ -223,8 +227,16 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 		if err != nil {
 			return nil, &os.PathError{Op: "readdir", Path: rel, Err: err}
 		}
+		if testHookListed != nil {
+			names = testHookListed(rel, names)
+		}
+		// A name removed and created again between two getdents(2)
+		// calls can be listed twice (btrfs, XFS, and tmpfs before Linux
+		// 6.6 list by offset, and the new entry takes a later one); a
+		// manifest with a name twice would not decode, and nor would the
+		// checkpoint restore.
 		slices.Sort(names)
-		d.names = names
+		d.names = slices.Compact(names)
 	}
 	var prevEnts []cachedEntry
 	if prev != nil {
