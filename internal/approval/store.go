@@ -229,7 +229,9 @@ func (s *Store) List(ctx context.Context, state State) ([]Record, error) {
 }
 
 // Decide settles a pending request: allowed or denied by a human, with an
-// optional edited input (a JSON object) when the rule allows edits.
+// optional edited input (a JSON object) when the rule allows edits. A
+// request past its deadline is denied by the timeout instead, and Decide
+// fails with ErrNotPending.
 func (s *Store) Decide(ctx context.Context, id string, allow bool, by, reason string, edited json.RawMessage, now time.Time) (Record, error) {
 	r, err := s.Get(ctx, id)
 	if err != nil {
@@ -237,6 +239,16 @@ func (s *Store) Decide(ctx context.Context, id string, allow bool, by, reason st
 	}
 	if r.State != Pending {
 		return r, fmt.Errorf("%w: %s was %s by %s", ErrNotPending, id, r.State, r.DecidedBy)
+	}
+	if !r.Deadline.IsZero() && !now.Before(r.Deadline) {
+		// Past the deadline the request is denied, whether or not a
+		// worker was waiting to expire it: a late answer must not let
+		// the call run when the next worker picks it up.
+		if r, err = s.Expire(ctx, id, now); err != nil {
+			return r, err
+		}
+		return r, fmt.Errorf("%w: %s was not decided before its deadline (%s) and is %s by %s",
+			ErrNotPending, id, r.Deadline.Format(time.RFC3339), r.State, r.DecidedBy)
 	}
 	var editedSum string
 	if len(edited) > 0 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -162,6 +164,32 @@ func TestNotifiedIsRecordedOnce(t *testing.T) {
 		}
 		if _, err := s.Get(ctx, "sevt_nope"); !errors.Is(err, ErrNotFound) {
 			t.Errorf("unknown id: %v", err)
+		}
+	})
+}
+
+// Nobody answering before the deadline means deny, also when nothing was
+// waiting to expire the request: a decision that comes later is refused
+// and the request ends denied by the timeout.
+func TestADecisionAfterTheDeadlineIsRefused(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now()
+		for _, allow := range []bool{true, false} {
+			id := fmt.Sprintf("sevt_late_%v", allow)
+			if _, _, err := s.Create(ctx, pending(id, now.Add(-time.Second))); err != nil {
+				t.Fatal(err)
+			}
+			r, err := s.Decide(ctx, id, allow, "human:alice", "", nil, now)
+			if !errors.Is(err, ErrNotPending) || !strings.Contains(err.Error(), "deadline") {
+				t.Errorf("deciding (allow=%v) after the deadline: %v, want ErrNotPending naming the deadline", allow, err)
+			}
+			if r.State != Denied || r.DecidedBy != "timeout" {
+				t.Errorf("after a late decision (allow=%v) the request is %s by %q, want denied by timeout", allow, r.State, r.DecidedBy)
+			}
+			if err := s.Use(ctx, id, r.InputSHA256, now); err == nil {
+				t.Errorf("a late approval (allow=%v) could be used", allow)
+			}
 		}
 	})
 }
