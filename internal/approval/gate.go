@@ -250,7 +250,8 @@ func (g *Gate) apply(ctx context.Context, c *worker.Call, r Record) error {
 
 // wait notifies the request's channels (once per call, across workers) and
 // waits for its decision or deadline. It returns ctx's error when the
-// session stops being served here first.
+// session stops being served here first. Past the deadline the call is
+// denied even when the store cannot be read or written.
 func (g *Gate) wait(ctx context.Context, r Record) (Record, error) {
 	log := g.opts.Logger.With(slog.String("tool_use_id", r.ToolUseID), slog.String("tool", r.Tool), slog.String("rule", r.Rule))
 	g.waiting.Inc()
@@ -276,20 +277,36 @@ func (g *Gate) wait(ctx context.Context, r Record) (Record, error) {
 	defer g.dropWaiter(r.ToolUseID)
 	t := time.NewTicker(g.opts.Poll)
 	defer t.Stop()
+	// timedOut denies the call at its deadline when the store cannot say
+	// or record how the request ended: nobody answering means deny, and an
+	// unreadable store is no answer.
+	timedOut := func(err error) (Record, error) {
+		log.Error("the store failed at the deadline; denying the call", slog.Any("error", err))
+		r.State, r.DecidedBy, r.Reason, r.DecidedAt = Denied, "timeout", "no decision before the deadline", g.opts.Now()
+		return r, nil
+	}
 	for {
 		cur, err := g.opts.Store.Get(ctx, r.ToolUseID)
 		switch {
 		case ctx.Err() != nil:
 			return r, ctx.Err()
+		case err != nil && !g.opts.Now().Before(r.Deadline):
+			return timedOut(err)
 		case err != nil:
 			log.Warn("could not read the request; retrying", slog.Any("error", err))
 		case cur.State != Pending:
 			log.Info("decided", slog.String("state", string(cur.State)), slog.String("decided_by", cur.DecidedBy))
 			return cur, nil
 		case !g.opts.Now().Before(cur.Deadline):
-			if cur, err = g.opts.Store.Expire(ctx, r.ToolUseID, g.opts.Now()); err == nil && cur.State != Pending {
+			cur, err = g.opts.Store.Expire(ctx, r.ToolUseID, g.opts.Now())
+			switch {
+			case ctx.Err() != nil:
+				return r, ctx.Err()
+			case err == nil && cur.State != Pending:
 				log.Info("no decision before the deadline; denied", slog.String("decided_by", cur.DecidedBy))
 				return cur, nil
+			case err != nil && !errors.Is(err, ErrDeadlineNotPast):
+				return timedOut(err)
 			}
 		}
 		select {

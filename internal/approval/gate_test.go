@@ -190,6 +190,26 @@ func TestNoDecisionBeforeTheDeadlineDenies(t *testing.T) {
 	}
 }
 
+// A store that cannot be read when the deadline comes is no reason to keep
+// waiting: the call is denied as if nobody had answered.
+func TestAnUnreadableStoreAtTheDeadlineDenies(t *testing.T) {
+	g := newGate(t, t.TempDir(), "300ms", newReceiver(t))
+	done := make(chan error, 1)
+	go func() {
+		done <- g.BeforeCall(context.Background(), call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
+	}()
+	waitUntil(t, "the request", func() bool { _, err := g.Store().Get(context.Background(), "sevt_w"); return err == nil })
+	g.Store().Close()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "none came before the deadline") {
+			t.Fatalf("call whose store failed: %v, want the deadline's denial", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call still waits long after its deadline")
+	}
+}
+
 // A worker that stops serving a session while a call waits leaves the
 // request pending; the worker that picks the call up later finds it,
 // does not notify again, and applies a decision given in between.
