@@ -97,3 +97,51 @@ func mustParse(t *testing.T, src string) *policy.Policy {
 	}
 	return p
 }
+
+// A line typed while no prompt shows (for a prompt withdrawn just before,
+// or by accident) answers nothing: it must not approve the next call.
+func TestALineTypedBeforeAPromptDoesNotAnswerIt(t *testing.T) {
+	in, typed := io.Pipe()
+	t.Cleanup(func() { typed.Close() })
+	var out testenv.Buffer
+	term := NewTerminal(in, &out, "alice")
+
+	first, withdraw := context.WithCancel(context.Background())
+	asked := make(chan struct{})
+	go func() {
+		defer close(asked)
+		term.Ask(first, Record{ToolUseID: "sevt_first", Tool: "write"})
+	}()
+	waitUntil(t, "the first prompt", func() bool { return strings.Contains(out.String(), "approve?") })
+	withdraw()
+	<-asked
+	// The human answers the withdrawn prompt; the terminal has read the
+	// line before the next prompt shows.
+	if _, err := typed.Write([]byte("y\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+
+	type answer struct{ allow, ok bool }
+	got := make(chan answer, 1)
+	go func() {
+		allow, _, ok := term.Ask(context.Background(), Record{ToolUseID: "sevt_second", Tool: "write"})
+		got <- answer{allow, ok}
+	}()
+	select {
+	case a := <-got:
+		t.Fatalf("the line typed before the prompt answered it: allow=%v ok=%v", a.allow, a.ok)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := typed.Write([]byte("n\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-got:
+		if a.allow || !a.ok {
+			t.Errorf("the answer typed at the prompt: allow=%v ok=%v, want a denial", a.allow, a.ok)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the answer typed at the prompt did not answer it")
+	}
+}
