@@ -207,10 +207,13 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 		}
 		span.SetAttributes(attribute.String("perimeter.approval.outcome", string(stored.State)), attribute.String("perimeter.decided_by", stored.DecidedBy))
 		span.End()
-		g.audit(ctx, c, audit.ApprovalDecided{
-			Approved: stored.State != Denied, DecidedBy: stored.DecidedBy, Reason: stored.Reason,
-			EditedInputSHA256: stored.EditedSHA256,
-		})
+		g.audit(ctx, c, approvalDecided(stored))
+	} else if !created && !stored.Deadline.IsZero() && (stored.State == Denied || stored.UsedAt.IsZero()) {
+		// A request decided while no worker waited for it (through the
+		// store, between two workers): no wait saw the decision, so it
+		// is audited here, before the call runs. An approval already
+		// used was audited by the worker that used it.
+		g.audit(ctx, c, approvalDecided(stored))
 	}
 	edited := len(stored.EditedInput) > 0
 	c.Decision = worker.Decision{
@@ -225,6 +228,13 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 		return nil // recorded as used when it was created
 	}
 	return g.apply(ctx, c, stored)
+}
+
+// approvalDecided is the audit record of how a request was decided.
+func approvalDecided(r Record) audit.ApprovalDecided {
+	return audit.ApprovalDecided{
+		Approved: r.State != Denied, DecidedBy: r.DecidedBy, Reason: r.Reason, EditedInputSHA256: r.EditedSHA256,
+	}
 }
 
 // AfterCall does nothing: the decision is recorded before the call runs.

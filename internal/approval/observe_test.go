@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -86,4 +87,58 @@ func spanAttr(s sdktrace.ReadOnlySpan, key string) string {
 		}
 	}
 	return ""
+}
+
+// A decision given while no worker waited (through the store, between two
+// workers) is audited by the worker that applies it, edited input and all.
+func TestADecisionMadeWhileNoWorkerWaitedIsAudited(t *testing.T) {
+	dir := t.TempDir()
+	rcv := newReceiver(t)
+	input := `{"file_path":"a.txt","content":"x"}`
+	g1 := newGate(t, dir, "1h", rcv)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g1.BeforeCall(ctx, call("sevt_w", "write", input)) }()
+	waitUntil(t, "the notification", func() bool { return rcv.n.Load() == 1 })
+	cancel()
+	<-done
+
+	edit := []byte(`{"file_path":"a.txt","content":"edited"}`)
+	if _, err := g1.Store().Decide(context.Background(), "sevt_w", true, "human:carol", "fixed the content", edit, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	g2 := newGate(t, dir, "1h", rcv)
+	auditDir := filepath.Join(t.TempDir(), "audit")
+	aw, err := audit.Open(auditDir, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2.opts.Audit = aw
+	c := call("sevt_w", "write", input)
+	if err := g2.BeforeCall(context.Background(), c); err != nil {
+		t.Fatalf("second worker: %v", err)
+	}
+	if string(c.Input) != string(edit) {
+		t.Fatalf("the call runs %s, want the edited input", c.Input)
+	}
+	if err := aw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var decided []audit.ApprovalDecided
+	if err := audit.Read(auditDir, func(e audit.Entry) error {
+		if e.Kind == audit.KindApprovalDecided {
+			var d audit.ApprovalDecided
+			if err := e.Decode(&d); err != nil {
+				return err
+			}
+			decided = append(decided, d)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := audit.ApprovalDecided{Approved: true, DecidedBy: "human:carol", Reason: "fixed the content", EditedInputSHA256: sha256Hex(edit)}
+	if len(decided) != 1 || decided[0] != want {
+		t.Errorf("approval_decided records: %+v, want one %+v", decided, want)
+	}
 }
