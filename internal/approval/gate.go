@@ -176,6 +176,11 @@ func (g *Gate) BeforeCall(ctx context.Context, c *worker.Call) error {
 		g.opts.Logger.Error("could not record the decision; denying the call", slog.String("tool_use_id", c.ToolUseID), slog.Any("error", err))
 		return errors.New("internal error: the worker could not record the policy decision for this call, so it was not run")
 	}
+	if stored.SessionID != c.SessionID {
+		g.opts.Logger.Error("refusing the call: its id was decided for another session", slog.String("tool_use_id", c.ToolUseID),
+			slog.String("session_id", c.SessionID), slog.String("decided_for", stored.SessionID))
+		return errors.New("this call's id was already decided for a call of another session; it was not run")
+	}
 	if stored.InputSHA256 != c.InputSHA256 {
 		return fmt.Errorf("this call's input differs from the one its decision was recorded for (sha256 %s); it was not run", stored.InputSHA256)
 	}

@@ -245,6 +245,34 @@ func TestAPendingRequestOutlivesItsWorkerAndIsNotifiedOnce(t *testing.T) {
 	}
 }
 
+// A decision is about one session's call: a call of another session that
+// arrives with the same id (and input) is not run on it.
+func TestADecisionIsNotAppliedToAnotherSessionsCall(t *testing.T) {
+	dir := t.TempDir()
+	rcv := newReceiver(t)
+	input := `{"file_path":"a","content":"x"}`
+	g1 := newGate(t, dir, "1h", rcv)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g1.BeforeCall(ctx, call("sevt_w", "write", input)) }()
+	waitUntil(t, "the notification", func() bool { return rcv.n.Load() == 1 })
+	cancel()
+	<-done
+	if _, err := g1.Decide(context.Background(), "sevt_w", true, "human:carol", "", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	other := call("sevt_w", "write", input)
+	other.SessionID, other.WorkID = "sesn_2", "work_2"
+	err := newGate(t, dir, "1h", rcv).BeforeCall(context.Background(), other)
+	if err == nil || !strings.Contains(err.Error(), "another session") {
+		t.Fatalf("another session's call with the same id: %v, want a refusal", err)
+	}
+	if r, _ := g1.Store().Get(context.Background(), "sevt_w"); !r.UsedAt.IsZero() {
+		t.Error("the other session's call used the approval")
+	}
+}
+
 func TestAReloadNamingAnUnconfiguredChannelIsRefused(t *testing.T) {
 	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
 	before := g.Policy()
