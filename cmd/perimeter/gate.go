@@ -109,21 +109,55 @@ func clientAdminToken(tokenFile string) (string, error) {
 }
 
 // adminToken is the approvals API token: $PERIMETER_ADMIN_TOKEN, else the
-// one in the state directory, generated on first use.
+// one in the state directory, generated on first use. Workers sharing the
+// state directory may start together: the token is written aside and
+// linked into place, so each of them reads a whole file and all of them
+// serve the one token that file holds.
 func adminToken(stateDir string) (string, error) {
 	if t := os.Getenv("PERIMETER_ADMIN_TOKEN"); t != "" {
 		return t, nil
 	}
 	path := filepath.Join(stateDir, adminTokenFile)
-	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
+	read := func() (string, error) {
+		b, err := os.ReadFile(path)
+		return strings.TrimSpace(string(b)), err
+	}
+	if tok, err := read(); err == nil && tok != "" {
+		return tok, nil
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	tok := "pat_" + hex.EncodeToString(b)
-	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+	f, err := os.CreateTemp(stateDir, "."+adminTokenFile+"-*") // mode 0600
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(tok + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	switch err := os.Link(f.Name(), path); {
+	case err == nil:
+		return tok, nil
+	case !errors.Is(err, os.ErrExist):
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	// Another worker installed its token first; serve that one.
+	cur, err := read()
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	if cur != "" {
+		return cur, nil
+	}
+	// An empty file left behind: replace it.
+	if err := os.Rename(f.Name(), path); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
 	return tok, nil
