@@ -147,10 +147,18 @@ type restoreResponse struct {
 func checkpointsAPI(w *worker.Worker, store *checkpoint.Store, token string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/checkpoints", func(rw http.ResponseWriter, r *http.Request) {
-		list, err := store.List(r.URL.Query().Get("session"))
-		if err != nil {
-			adminapi.Error(rw, http.StatusNotFound, "not_found_error", err.Error())
+		session := r.URL.Query().Get("session")
+		if session == "" {
+			adminapi.Error(rw, http.StatusBadRequest, "invalid_request_error", "name the session: GET /v1/checkpoints?session=ID")
 			return
+		}
+		list, err := store.List(session)
+		if err != nil {
+			adminapi.Error(rw, http.StatusInternalServerError, "api_error", err.Error())
+			return
+		}
+		if list == nil {
+			list = []checkpoint.Checkpoint{}
 		}
 		adminapi.JSON(rw, map[string]any{"data": list})
 	})

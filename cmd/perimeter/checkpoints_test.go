@@ -74,6 +74,33 @@ func TestRestoreRefusesABadBody(t *testing.T) {
 	}
 }
 
+// Listing needs a session, and says so; a session without checkpoints is
+// an empty list.
+func TestListingCheckpointsNamesTheSession(t *testing.T) {
+	store, err := checkpoint.Open(t.TempDir(), checkpoint.Options{NoSync: true, FullScan: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	h := checkpointsAPI(nil, store, "pat_secret")
+	for _, tc := range []struct {
+		query string
+		code  int
+		want  string
+	}{
+		{"", http.StatusBadRequest, "session=ID"},
+		{"?session=sesn_none", http.StatusOK, `{"data":[]}`},
+	} {
+		req := httptest.NewRequest("GET", "/v1/checkpoints"+tc.query, nil)
+		req.Header.Set("Authorization", "Bearer pat_secret")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.want) {
+			t.Errorf("GET /v1/checkpoints%s: %d %s, want %d with %s", tc.query, rec.Code, rec.Body, tc.code, tc.want)
+		}
+	}
+}
+
 // A worker whose object store cannot be used refuses to start, and says
 // what is wrong; one without persistence ignores the store.
 func TestOpenRemoteChecksTheBucket(t *testing.T) {
