@@ -272,6 +272,13 @@ func (s *session) journalOutcome(ctx context.Context, c *Call, o *Outcome, begin
 
 // replay answers a call the journal already knows.
 func (s *session) replay(ctx context.Context, c *Call, prev record) *Outcome {
+	if prev.SessionID != c.SessionID {
+		// Tool-use ids are unique, so this is a reused one: the record,
+		// and its output, belong to the other session's call.
+		s.log.Error("refusing the call: its id is journalled for another session's call",
+			slog.String("tool_use_id", c.ToolUseID), slog.String("journalled_for", prev.SessionID))
+		return &Outcome{Text: "this call's id was already used by a call of another session; it was not run", IsError: true}
+	}
 	if prev.State == callFinished {
 		s.log.Info("answering a call from the journal instead of running it again", slog.String("tool_use_id", c.ToolUseID))
 		return &Outcome{Text: prev.Output, IsError: prev.IsError, Replayed: true}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -177,13 +178,17 @@ func TestHookSeesEveryCallAndItsDenialIsWhatTheModelSees(t *testing.T) {
 func TestJournalAnswersARecordedCallInsteadOfRunningItAgain(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
+		session string // the session the record is for; "" is the call's own
 		state   callState
 		output  string
 		wantErr bool
 		want    string
 	}{
-		{"Finished", callFinished, "recorded output 42", false, "recorded output 42"},
-		{"StartedButNeverFinished", callStarted, "", true, "stopped before it finished"},
+		{"Finished", "", callFinished, "recorded output 42", false, "recorded output 42"},
+		{"StartedButNeverFinished", "", callStarted, "", true, "stopped before it finished"},
+		// The same id recorded for another session's call: its output is
+		// not that session's to read, and the call is not run.
+		{"ForAnotherSession", "sesn_other", callFinished, "the other session's output", false, "another session"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, 5*time.Second, map[string]string{"s": scenario(`
@@ -200,7 +205,7 @@ func TestJournalAnswersARecordedCallInsteadOfRunningItAgain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, _, err := j.begin(context.Background(), record{ToolUseID: use["id"].(string), SessionID: id, WorkID: "work_prev", WorkerID: "w0", Tool: "bash", InputSHA256: "x", StartedAt: time.Now()}); err != nil {
+			if _, _, err := j.begin(context.Background(), record{ToolUseID: use["id"].(string), SessionID: cmp.Or(tc.session, id), WorkID: "work_prev", WorkerID: "w0", Tool: "bash", InputSHA256: "x", StartedAt: time.Now()}); err != nil {
 				t.Fatal(err)
 			}
 			if tc.state == callFinished {
@@ -215,6 +220,9 @@ func TestJournalAnswersARecordedCallInsteadOfRunningItAgain(t *testing.T) {
 			got := testenv.ResultTexts(h.events(id))
 			if len(got) != 1 || !strings.Contains(got[0], tc.want) {
 				t.Fatalf("results = %q, want one containing %q", got, tc.want)
+			}
+			if tc.session != "" && strings.Contains(got[0], tc.output) {
+				t.Errorf("result %q carries the other session's output", got[0])
 			}
 			if _, err := os.Stat(filepath.Join(state, "workspaces", id, "ran.txt")); !os.IsNotExist(err) {
 				t.Errorf("the recorded call ran again (ran.txt: %v)", err)
