@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/perimeterhq/perimeter/internal/adminapi"
@@ -31,12 +32,15 @@ type Decider interface {
 // Handler serves the approvals API under /v1/approvals, every request
 // authenticated with "Authorization: Bearer <token>":
 //
-//	GET  /v1/approvals[?state=pending|allowed|denied]  {"data": [Record…]}
+//	GET  /v1/approvals[?state=pending|allowed|denied][&limit=N][&after_id=ID]
+//	                                  {"data": [Record…], "has_more": bool}
 //	GET  /v1/approvals/{id}                            Record
 //	POST /v1/approvals/{id}/approve   Decision         Record
 //	POST /v1/approvals/{id}/deny      Decision         Record
 //
-// Errors are {"error": {"type": …, "message": …}}: 401 without the token,
+// A list is in the order the requests were made, a page of at most limit
+// (1 to 1000, default 100) at a time: the next page starts after_id the
+// last one. Errors are {"error": {"type": …, "message": …}}: 401 without the token,
 // 404 for an unknown id, 409 for a request already decided, 400 for a bad
 // body or an edit the rule does not allow.
 func Handler(d Decider, token string) http.Handler {
@@ -49,12 +53,26 @@ func Handler(d Decider, token string) http.Handler {
 			adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", fmt.Sprintf("state must be pending, allowed or denied, not %q", state))
 			return
 		}
-		recs, err := d.Store().List(r.Context(), state)
-		if err != nil {
+		limit := defaultPage
+		if v := r.URL.Query().Get("limit"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxPage {
+				adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", fmt.Sprintf("limit must be a whole number from 1 to %d, not %q", maxPage, v))
+				return
+			}
+			limit = n
+		}
+		after := r.URL.Query().Get("after_id")
+		recs, more, err := d.Store().Page(r.Context(), state, after, limit)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			adminapi.Error(w, http.StatusBadRequest, "invalid_request_error", fmt.Sprintf("after_id %q names no request; pass the last id of the previous page", after))
+			return
+		case err != nil:
 			adminapi.Error(w, http.StatusInternalServerError, "api_error", err.Error())
 			return
 		}
-		adminapi.JSON(w, map[string]any{"data": nonNil(recs)})
+		adminapi.JSON(w, map[string]any{"data": nonNil(recs), "has_more": more})
 	})
 	mux.HandleFunc("GET /v1/approvals/{id}", func(w http.ResponseWriter, r *http.Request) {
 		rec, err := d.Store().Get(r.Context(), r.PathValue("id"))
@@ -108,6 +126,12 @@ func nonNil(r []Record) []Record {
 	return r
 }
 
+// The list's page sizes.
+const (
+	defaultPage = 100
+	maxPage     = 1000
+)
+
 // Client talks to a worker's approvals API.
 type Client struct {
 	BaseURL string // the worker's admin address, e.g. http://127.0.0.1:9464
@@ -115,16 +139,31 @@ type Client struct {
 	HTTP    *http.Client
 }
 
-// List returns the requests in a state ("" for all).
+// List returns the requests in a state ("" for all), reading every page.
 func (c *Client) List(ctx context.Context, state State) ([]Record, error) {
-	var out struct {
-		Data []Record `json:"data"`
-	}
-	q := ""
+	return c.list(ctx, state, maxPage)
+}
+
+func (c *Client) list(ctx context.Context, state State, limit int) ([]Record, error) {
+	var all []Record
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	if state != "" {
-		q = "?state=" + url.QueryEscape(string(state))
+		q.Set("state", string(state))
 	}
-	return out.Data, c.do(ctx, http.MethodGet, "/v1/approvals"+q, nil, &out)
+	for {
+		var page struct {
+			Data    []Record `json:"data"`
+			HasMore bool     `json:"has_more"`
+		}
+		if err := c.do(ctx, http.MethodGet, "/v1/approvals?"+q.Encode(), nil, &page); err != nil {
+			return nil, err
+		}
+		all = append(all, page.Data...)
+		if !page.HasMore || len(page.Data) == 0 {
+			return all, nil
+		}
+		q.Set("after_id", page.Data[len(page.Data)-1].ToolUseID)
+	}
 }
 
 // Get returns one request.

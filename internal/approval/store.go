@@ -108,6 +108,9 @@ const schema = `CREATE TABLE IF NOT EXISTS decisions (
 	used_at       BIGINT NOT NULL DEFAULT 0
 )`
 
+// pageIndex serves the list pages (Store.Page) in order.
+const pageIndex = `CREATE INDEX IF NOT EXISTS decisions_by_request ON decisions (requested_at, tool_use_id)`
+
 // IsPostgres reports whether a store location is a PostgreSQL URL
 // (postgres:// or postgresql://) rather than a directory.
 func IsPostgres(location string) bool {
@@ -131,9 +134,11 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open approvals store %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(schema); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open approvals store %s: %w", path, err)
+	for _, stmt := range []string{schema, pageIndex} {
+		if _, err := db.Exec(stmt); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open approvals store %s: %w", path, err)
+		}
 	}
 	return &Store{db: db, where: path}, nil
 }
@@ -151,9 +156,11 @@ func OpenPostgres(ctx context.Context, url string) (*Store, error) {
 	db.SetMaxOpenConns(8)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open approvals store %s: %w", where, err)
+	for _, stmt := range []string{schema, pageIndex} {
+		if _, err := db.ExecContext(ctx, stmt); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open approvals store %s: %w", where, err)
+		}
 	}
 	return &Store{db: db, postgres: true, where: where}, nil
 }
@@ -223,9 +230,40 @@ func (s *Store) Get(ctx context.Context, id string) (Record, error) {
 // first.
 func (s *Store) List(ctx context.Context, state State) ([]Record, error) {
 	if state == "" {
-		return s.query(ctx, `ORDER BY requested_at`)
+		return s.query(ctx, `ORDER BY requested_at, tool_use_id`)
 	}
-	return s.query(ctx, `WHERE state = ? ORDER BY requested_at`, state)
+	return s.query(ctx, `WHERE state = ? ORDER BY requested_at, tool_use_id`, state)
+}
+
+// Page returns at most limit requests in a state ("" for all) in List's
+// order, starting after the request afterID ("" for the first), and
+// whether more follow. An afterID that names no request is ErrNotFound.
+func (s *Store) Page(ctx context.Context, state State, afterID string, limit int) ([]Record, bool, error) {
+	var (
+		where []string
+		args  []any
+	)
+	if state != "" {
+		where, args = append(where, "state = ?"), append(args, state)
+	}
+	if afterID != "" {
+		after, err := s.Get(ctx, afterID)
+		if err != nil {
+			return nil, false, err
+		}
+		at := nanos(after.RequestedAt)
+		where = append(where, "(requested_at > ? OR (requested_at = ? AND tool_use_id > ?))")
+		args = append(args, at, at, afterID)
+	}
+	q := "ORDER BY requested_at, tool_use_id LIMIT ?"
+	if len(where) > 0 {
+		q = "WHERE " + strings.Join(where, " AND ") + " " + q
+	}
+	recs, err := s.query(ctx, q, append(args, limit+1)...)
+	if err != nil || len(recs) <= limit {
+		return recs, false, err
+	}
+	return recs[:limit], true, nil
 }
 
 // Decide settles a pending request: allowed or denied by a human, with an

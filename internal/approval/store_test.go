@@ -193,3 +193,62 @@ func TestADecisionAfterTheDeadlineIsRefused(t *testing.T) {
 		}
 	})
 }
+
+func TestPagesFollowOneAnotherInRequestOrder(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		at := time.Now()
+		// sevt_c and sevt_a are made in the same instant; sevt_d is decided.
+		for id, ms := range map[string]int{"sevt_c": 0, "sevt_a": 0, "sevt_b": 1, "sevt_d": 2, "sevt_e": 3} {
+			r := pending(id, at.Add(time.Hour))
+			r.RequestedAt = at.Add(time.Duration(ms) * time.Millisecond)
+			if _, _, err := s.Create(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.Decide(ctx, "sevt_d", false, "human:alice", "", nil, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		ids := func(recs []Record) string {
+			var out []string
+			for _, r := range recs {
+				out = append(out, r.ToolUseID)
+			}
+			return strings.Join(out, ",")
+		}
+		for _, tc := range []struct {
+			state State
+			want  string
+		}{{"", "sevt_a,sevt_c,sevt_b,sevt_d,sevt_e"}, {Pending, "sevt_a,sevt_c,sevt_b,sevt_e"}, {Denied, "sevt_d"}} {
+			all, err := s.List(ctx, tc.state)
+			if err != nil || ids(all) != tc.want {
+				t.Fatalf("list %q: %s, %v; want %s", tc.state, ids(all), err, tc.want)
+			}
+			var paged []Record
+			after := ""
+			for {
+				page, more, err := s.Page(ctx, tc.state, after, 2)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(page) > 2 {
+					t.Fatalf("a page of 2 held %d", len(page))
+				}
+				paged = append(paged, page...)
+				if !more {
+					break
+				}
+				if len(paged) > 10 {
+					t.Fatal("pages do not end")
+				}
+				after = page[len(page)-1].ToolUseID
+			}
+			if ids(paged) != tc.want {
+				t.Errorf("pages of %q: %s, want %s", tc.state, ids(paged), tc.want)
+			}
+		}
+		if _, _, err := s.Page(ctx, "", "sevt_nope", 2); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a page after an unknown id: %v, want ErrNotFound", err)
+		}
+	})
+}
