@@ -245,6 +245,18 @@ func TestAPendingRequestOutlivesItsWorkerAndIsNotifiedOnce(t *testing.T) {
 	}
 }
 
+// leftWaiting makes a write call that waits for a human, then leaves it as
+// a worker that dies or drains does: the request stays pending.
+func leftWaiting(t *testing.T, g *Gate, rcv *receiver, id, input string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.BeforeCall(ctx, call(id, "write", input)) }()
+	waitUntil(t, "the notification", func() bool { return rcv.n.Load() == 1 })
+	cancel()
+	<-done
+}
+
 // A decision is about one session's call: a call of another session that
 // arrives with the same id (and input) is not run on it.
 func TestADecisionIsNotAppliedToAnotherSessionsCall(t *testing.T) {
@@ -252,12 +264,7 @@ func TestADecisionIsNotAppliedToAnotherSessionsCall(t *testing.T) {
 	rcv := newReceiver(t)
 	input := `{"file_path":"a","content":"x"}`
 	g1 := newGate(t, dir, "1h", rcv)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g1.BeforeCall(ctx, call("sevt_w", "write", input)) }()
-	waitUntil(t, "the notification", func() bool { return rcv.n.Load() == 1 })
-	cancel()
-	<-done
+	leftWaiting(t, g1, rcv, "sevt_w", input)
 	if _, err := g1.Decide(context.Background(), "sevt_w", true, "human:carol", "", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -96,12 +96,7 @@ func TestADecisionMadeWhileNoWorkerWaitedIsAudited(t *testing.T) {
 	rcv := newReceiver(t)
 	input := `{"file_path":"a.txt","content":"x"}`
 	g1 := newGate(t, dir, "1h", rcv)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g1.BeforeCall(ctx, call("sevt_w", "write", input)) }()
-	waitUntil(t, "the notification", func() bool { return rcv.n.Load() == 1 })
-	cancel()
-	<-done
+	leftWaiting(t, g1, rcv, "sevt_w", input)
 
 	edit := []byte(`{"file_path":"a.txt","content":"edited"}`)
 	if _, err := g1.Store().Decide(context.Background(), "sevt_w", true, "human:carol", "fixed the content", edit, time.Now()); err != nil {
