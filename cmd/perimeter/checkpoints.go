@@ -37,7 +37,7 @@ func openCheckpoints(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 	}
 	s, dir, err := openOwn(checkpointDir(cfg), cfg.Worker.ID, "checkpoint store", log,
 		checkpoint.ErrLocked, func(dir string) (*checkpoint.Store, error) {
-			return checkpoint.Open(dir, checkpoint.Options{FullScan: cfg.Checkpoints.FullScan})
+			return checkpoint.Open(dir, checkpoint.Options{FullScan: cfg.Checkpoints.FullScan, MaxEntries: cfg.Checkpoints.MaxEntries})
 		})
 	if err != nil {
 		return nil, nil, err

@@ -1039,3 +1039,63 @@ func TestANameListedTwiceIsRecordedOnce(t *testing.T) {
 		})
 	}
 }
+
+// A session that makes more files than the store allows gets no
+// checkpoint, whether the new files are in directories the checkpoint
+// lists or next to ones it keeps from the last checkpoint; with fewer
+// again, checkpoints resume.
+func TestAWorkspaceOverMaxEntriesIsNotCheckpointed(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("full scan=%v", full), func(t *testing.T) {
+			s, _ := openStore(t, Options{FullScan: full, MaxEntries: 50})
+			if !full {
+				if err := s.ChangeTracking(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ws := t.TempDir()
+			files := func(dir string, from, to int) {
+				for i := from; i < to; i++ {
+					writeFile(t, filepath.Join(ws, dir, fmt.Sprintf("f%03d", i)), []byte("x"), 0o644)
+				}
+			}
+			files("a", 0, 30)
+			files("b", 0, 15)
+			c := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t1"}) // 47 entries
+			if c.Files != 45 || c.Dirs != 2 {
+				t.Fatalf("recorded %d files and %d directories, want 45 and 2", c.Files, c.Dirs)
+			}
+			want := describe(t, ws)
+
+			// a is unchanged and kept from the last checkpoint; b grows.
+			files("b", 15, 25)
+			_, err := s.Checkpoint(context.Background(), ws, Key{Session: "s", ToolUseID: "t2"})
+			if !errors.Is(err, ErrTooManyEntries) || !strings.Contains(err.Error(), "max_entries") {
+				t.Fatalf("57 entries against a bound of 50: %v, want ErrTooManyEntries naming the setting", err)
+			}
+			// One directory past the bound on its own.
+			files("c", 0, 200)
+			if _, err := s.Checkpoint(context.Background(), ws, Key{Session: "s", ToolUseID: "t3"}); !errors.Is(err, ErrTooManyEntries) {
+				t.Fatalf("a directory of 200: %v, want ErrTooManyEntries", err)
+			}
+			list, err := s.List("s")
+			if err != nil || len(list) != 1 {
+				t.Fatalf("checkpoints after the refusals: %d, %v; want the first alone", len(list), err)
+			}
+
+			if err := os.RemoveAll(filepath.Join(ws, "c")); err != nil {
+				t.Fatal(err)
+			}
+			for i := 15; i < 25; i++ {
+				if err := os.Remove(filepath.Join(ws, "b", fmt.Sprintf("f%03d", i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c4 := mustCheckpoint(t, s, ws, Key{Session: "s", ToolUseID: "t4"})
+			if c4.Files != 45 {
+				t.Fatalf("back under the bound: %d files recorded, want 45", c4.Files)
+			}
+			assertRestores(t, s, c.ID, want, "the first checkpoint")
+		})
+	}
+}

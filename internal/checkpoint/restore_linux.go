@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -81,7 +82,7 @@ func (r *restorer) dir(fd int, rel string, sum hash) error {
 		return err
 	}
 	buf := make([]byte, 32<<10)
-	names, err := readDirNames(fd, buf)
+	names, err := readDirNames(fd, buf, math.MaxInt)
 	if err != nil {
 		return r.wrap("readdir", rel, err)
 	}
@@ -461,7 +462,7 @@ func (r *restorer) remove(fd int, rel, name string, depth int) error {
 	case err != nil:
 		return r.wrap("open", path, err)
 	}
-	names, err := readDirNames(cfd, make([]byte, 32<<10))
+	names, err := readDirNames(cfd, make([]byte, 32<<10), math.MaxInt)
 	if err == nil {
 		var st syscall.Stat_t
 		if syscall.Fstat(cfd, &st) == nil && st.Mode&0o300 != 0o300 {

@@ -26,6 +26,9 @@ var (
 	ErrClosed = errors.New("checkpoint: store closed")
 	// ErrUnsupported: snapshots and restores need Linux on amd64 or arm64.
 	ErrUnsupported = errors.New("checkpoint: unsupported platform")
+	// ErrTooManyEntries: the workspace holds more entries than
+	// Options.MaxEntries; no checkpoint was taken.
+	ErrTooManyEntries = errors.New("checkpoint: too many entries in the workspace")
 )
 
 // Options configures a Store. The zero value is the production setting.
@@ -43,6 +46,13 @@ type Options struct {
 	// first, never the one just made. A session without a cache re-reads
 	// every file at its next checkpoint. Zero means 2 million.
 	CacheEntries int
+	// MaxEntries bounds the entries (files, directories and symlinks, the
+	// ones left out included) of a workspace that is checkpointed: a
+	// checkpoint of a larger one stops with ErrTooManyEntries as soon as
+	// it has listed more, so that a session that makes millions of files
+	// cannot make the worker hold a stat cache and walk state for each.
+	// Zero means 1 million, a few hundred MB of memory at most.
+	MaxEntries int
 	// FullScan turns change tracking off: every checkpoint stats every
 	// entry of the workspace, as it must anyway when tracking is not
 	// available. Tracking (inotify; see watch_linux.go) makes a checkpoint
@@ -130,6 +140,8 @@ const (
 	tmpDir       = "tmp"
 	spareDir     = "spare"
 	defaultCache = 2_000_000
+	// defaultMaxEntries is Options.MaxEntries when unset.
+	defaultMaxEntries = 1_000_000
 )
 
 // Open opens the store in dir, creating it if needed, and takes the lock
@@ -140,6 +152,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if opts.CacheEntries <= 0 {
 		opts.CacheEntries = defaultCache
+	}
+	if opts.MaxEntries <= 0 {
+		opts.MaxEntries = defaultMaxEntries
 	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now

@@ -143,8 +143,8 @@ func errnoErr(e syscall.Errno) error {
 }
 
 // readDirNames lists the directory open at fd, without "." and "..", in
-// the kernel's order.
-func readDirNames(fd int, buf []byte) ([]string, error) {
+// the kernel's order, stopping once it holds max names.
+func readDirNames(fd int, buf []byte, max int) ([]string, error) {
 	var names []string
 	for {
 		n, err := syscall.ReadDirent(fd, buf)
@@ -154,7 +154,7 @@ func readDirNames(fd int, buf []byte) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if n <= 0 {
+		if n <= 0 || len(names) >= max {
 			return names, nil
 		}
 		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.

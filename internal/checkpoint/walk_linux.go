@@ -54,6 +54,18 @@ type walker struct {
 	prevSkipsOnce sync.Once
 
 	hashed, visited atomic.Int64
+	// entries counts the names listed, and those under directories kept
+	// from prev, against Options.MaxEntries.
+	entries atomic.Int64
+}
+
+// count adds n entries, and fails once there are more than the store
+// allows.
+func (w *walker) count(n int) error {
+	if max := w.s.opts.MaxEntries; w.entries.Add(int64(n)) > int64(max) {
+		return fmt.Errorf("%w: more than %d; no checkpoint was taken (checkpoints.max_entries raises the bound)", ErrTooManyEntries, max)
+	}
+	return nil
 }
 
 // isRacy reports whether an entry's stat fails to vouch for its content at
@@ -132,6 +144,10 @@ func (s *Store) walk(ctx context.Context, root string, prev *snapCache, t *txn, 
 			return snapResult{}, err
 		}
 	}
+	// Directories kept from prev were counted, not listed.
+	if err := w.count(0); err != nil {
+		return snapResult{}, err
+	}
 	slices.SortFunc(w.skipped, func(a, b Skip) int { return strings.Compare(a.Path, b.Path) })
 	return snapResult{
 		cache:   &snapCache{root: root, dirs: w.dirs, skipped: w.skipped},
@@ -150,6 +166,7 @@ func (w *walker) unchanged(rel string, st statKey, prev *dirState) bool {
 // keep records the directory at rel, and everything under it, as the
 // previous checkpoint had them, skipped entries included.
 func (w *walker) keep(rel string, d *dirState) {
+	w.entries.Add(d.tot.listed)
 	w.prevSkipsOnce.Do(func() {
 		w.prevSkips = make(map[string][]Skip)
 		for _, sk := range w.prev.skipped {
@@ -222,7 +239,8 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 		d.names = prev.names
 	} else {
 		bp := bufPool.Get().(*[]byte)
-		names, err := readDirNames(fd, (*bp)[:cap(*bp)])
+		// One name past the bound is enough to refuse the checkpoint.
+		names, err := readDirNames(fd, (*bp)[:cap(*bp)], w.s.opts.MaxEntries+1)
 		bufPool.Put(bp)
 		if err != nil {
 			return nil, &os.PathError{Op: "readdir", Path: rel, Err: err}
@@ -237,6 +255,9 @@ func (w *walker) walkDir(fd int, rel string, depth int, self statKey, prev *dirS
 		// checkpoint restore.
 		slices.Sort(names)
 		d.names = slices.Compact(names)
+	}
+	if err := w.count(len(d.names)); err != nil {
+		return nil, err
 	}
 	var prevEnts []cachedEntry
 	if prev != nil {

@@ -77,6 +77,10 @@ type Checkpoints struct {
 	// see writes through a shared writable mapping (mmap) that a process
 	// keeps across tool calls until that mapping is released.
 	FullScan bool `yaml:"full_scan"`
+	// MaxEntries is the most files, directories and symlinks a workspace
+	// may hold to be checkpointed; a call in a larger one runs without a
+	// checkpoint. 0 means 1 million.
+	MaxEntries int `yaml:"max_entries"`
 }
 
 // SyncEvery is how often audit records are fsynced: 0 for each record
