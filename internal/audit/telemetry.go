@@ -181,7 +181,8 @@ func (t *Telemetry) Logger() *slog.Logger {
 // approval_requested, approval_decided, egress_blocked,
 // credential_injected, lease_lost, …) with the same ids and data, in the
 // trace of the context it was appended with. Payload fields never leave
-// the local log.
+// the local log, and a record the log refuses as holding a forbidden value
+// (ErrSecret) is not emitted either.
 type Events struct {
 	// Log is the local audit log; nil writes none.
 	Log *Writer
@@ -195,7 +196,7 @@ func (e Events) Append(ctx context.Context, r Record) error {
 	if e.Log != nil {
 		err = e.Log.Append(ctx, r)
 	}
-	if e.OTel != nil {
+	if e.OTel != nil && !errors.Is(err, ErrSecret) {
 		kind := r.Kind
 		if d, ok := r.Data.(Data); ok && kind == "" {
 			kind = d.Kind()

@@ -2,7 +2,9 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -82,5 +84,36 @@ func TestEventsWriteTheLogAndEmitOneLogRecordPerRecordInItsTrace(t *testing.T) {
 		if strings.Contains(v, "rm -rf") || strings.Contains(k, "payload") {
 			t.Errorf("the payload reached the exported record: %s=%s", k, v)
 		}
+	}
+}
+
+// A record the log refuses because it holds a forbidden value is not sent
+// to OpenTelemetry either: the export is no way around Forbid.
+func TestEventsDoNotExportARecordHoldingAForbiddenValue(t *testing.T) {
+	const canary = "canary-3f9a1c"
+	var out strings.Builder
+	w, err := Open(filepath.Join(t.TempDir(), "audit"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.Forbid([]byte(canary))
+	ev := Events{Log: w, OTel: slog.New(slog.NewJSONHandler(&out, nil))}
+
+	err = ev.Append(context.Background(), Record{SessionID: "sesn_1",
+		Data: EgressBlocked{Method: "GET", Host: "example.com", Reason: "token " + canary}})
+	if !errors.Is(err, ErrSecret) {
+		t.Fatalf("Append: %v, want ErrSecret", err)
+	}
+	if strings.Contains(out.String(), canary) {
+		t.Fatalf("the refused record was exported with the value: %s", out.String())
+	}
+
+	// Records the log accepts are still exported.
+	if err := ev.Append(context.Background(), Record{SessionID: "sesn_1", Data: LeaseLost{Reason: "expired"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"event.name":"lease_lost"`) {
+		t.Fatalf("the accepted record was not exported: %s", out.String())
 	}
 }
