@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/perimeterhq/perimeter/internal/approval"
+	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/policy"
@@ -18,7 +21,7 @@ import (
 // newEgress builds the sessions' egress: a proxy per session that follows
 // the egress section of the policy in force, substituting the configured
 // secrets. The process runtime gets none: it has the host's network.
-func newEgress(ctx context.Context, cfg *config.Config, gate *approval.Gate, runtime string, log *slog.Logger) (*egress.Manager, func(), error) {
+func newEgress(ctx context.Context, cfg *config.Config, gate *approval.Gate, runtime string, auditW *audit.Writer, log *slog.Logger) (*egress.Manager, func(), error) {
 	if runtime == "process" {
 		return nil, func() {}, nil
 	}
@@ -28,6 +31,9 @@ func newEgress(ctx context.Context, cfg *config.Config, gate *approval.Gate, run
 		var err error
 		if src, closeSecrets, err = secrets.Build(ctx, cfg.Secrets, cfg.SecretBackends); err != nil {
 			return nil, nil, err
+		}
+		if auditW != nil {
+			src = &forbidding{Source: src, log: auditW, seen: map[[sha256.Size]byte]bool{}}
 		}
 	}
 	m, err := egress.NewManager(egress.ManagerOptions{
@@ -43,6 +49,36 @@ func newEgress(ctx context.Context, cfg *config.Config, gate *approval.Gate, run
 	e := gate.Policy().Egress()
 	log.Info("egress proxy per session", slog.Int("rules", len(e.Rules)), slog.Int("credentials", len(e.Credentials)), slog.Int("secrets", len(cfg.Secrets)))
 	return m, func() { _ = closeSecrets() }, nil
+}
+
+// forbidding registers each value its source returns with the audit log,
+// which then refuses a record that holds it: no secret value reaches the
+// log, or the OpenTelemetry export of its records, even by way of a tool's
+// input or output.
+type forbidding struct {
+	secrets.Source
+	log  *audit.Writer
+	mu   sync.Mutex
+	seen map[[sha256.Size]byte]bool // digests of the values registered
+}
+
+// minForbidden is the shortest value registered: a shorter one would turn
+// up in records by chance, and each would be lost.
+const minForbidden = 8
+
+func (f *forbidding) Get(ctx context.Context, name string) ([]byte, error) {
+	v, err := f.Source.Get(ctx, name)
+	if err != nil || len(v) < minForbidden {
+		return v, err
+	}
+	sum := sha256.Sum256(v)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.seen[sum] {
+		f.seen[sum] = true
+		f.log.Forbid(v)
+	}
+	return v, nil
 }
 
 // checkSecrets refuses a policy whose egress credentials name secrets the

@@ -237,7 +237,7 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 		return fail(err)
 	}
 	closers = append(closers, rs.Close)
-	eg, closeEgress, err := newEgress(ctx, cfg, gate, rs.rt.Name(), log)
+	eg, closeEgress, err := newEgress(ctx, cfg, gate, rs.rt.Name(), auditW, log)
 	if err != nil {
 		return fail(err)
 	}
