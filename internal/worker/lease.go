@@ -18,6 +18,9 @@ const (
 	noHeartbeat      = "NO_HEARTBEAT"
 	heartbeatDefault = 30 * time.Second
 	heartbeatFloor   = time.Second
+	// heartbeatRetry is the first pause before retrying a failed beat; it
+	// doubles with each failure in a row, up to the beat interval.
+	heartbeatRetry = 250 * time.Millisecond
 )
 
 // leaseEnd is why heartbeating a work item ended.
@@ -51,12 +54,16 @@ func (e leaseEnd) released() bool { return e == leaseLost || e == leaseExpired }
 // heartbeat keeps a work item's lease until ctx ends or the lease does, with
 // the compare-token protocol: the first beat sends NO_HEARTBEAT, later ones
 // echo the previous last_heartbeat. The interval is ttl/2 clamped to
-// [1s, 30s]; a run of transient failures longer than one ttl means the lease
-// is presumed lost. onTTL receives each server-reported ttl.
+// [1s, 30s]. A transient failure is retried after a short pause that grows
+// with each failure in a row (never more than the interval): two intervals
+// are a whole ttl, so retrying only at the next interval would let one blip
+// lapse the lease. A run of transient failures longer than one ttl means the
+// lease is presumed lost. onTTL receives each server-reported ttl.
 func heartbeat(ctx context.Context, client anthropic.Client, work *anthropic.BetaSelfHostedWork, reqOpts []option.RequestOption, log *slog.Logger, onTTL func(time.Duration)) leaseEnd {
 	interval, ttl := heartbeatDefault, heartbeatDefault
 	last := noHeartbeat
 	lastSuccess := time.Now()
+	failures := 0 // transient failures in a row
 
 	beat := func() leaseEnd {
 		opts := append(reqOpts[:len(reqOpts):len(reqOpts)], option.WithRequestTimeout(interval), option.WithMaxRetries(0))
@@ -79,10 +86,11 @@ func heartbeat(ctx context.Context, client anthropic.Client, work *anthropic.Bet
 					slog.Duration("ttl", ttl), slog.Any("error", err))
 				return leaseExpired
 			}
-			log.Warn("transient heartbeat failure", slog.Any("error", err))
+			failures++
+			log.Warn("transient heartbeat failure", slog.Int("failures", failures), slog.Any("error", err))
 			return leaseHeld
 		}
-		last, lastSuccess = resp.LastHeartbeat, time.Now()
+		last, lastSuccess, failures = resp.LastHeartbeat, time.Now(), 0
 		if resp.TTLSeconds > 0 {
 			ttl = max(time.Duration(resp.TTLSeconds)*time.Second, heartbeatFloor)
 			interval = min(max(ttl/2, heartbeatFloor), heartbeatDefault)
@@ -106,7 +114,11 @@ func heartbeat(ctx context.Context, client anthropic.Client, work *anthropic.Bet
 		if end := beat(); end != leaseHeld {
 			return end
 		}
-		t := time.NewTimer(interval)
+		wait := interval
+		if failures > 0 {
+			wait = min(interval, heartbeatRetry<<min(failures-1, 7))
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -592,3 +592,36 @@ func TestHooksSeeThePlatformsPermission(t *testing.T) {
 		t.Errorf("hooks saw %q, want %q", got, want)
 	}
 }
+
+// A heartbeat that fails transiently is retried soon, not one interval
+// later: two intervals are a whole lease, so a short run of 5xx answers
+// would otherwise cost the session its lease.
+func TestATransientHeartbeatFailureKeepsTheLease(t *testing.T) {
+	h := newHarness(t, 4*time.Second, map[string]string{"s": scenario(`
+  - tool: bash
+    input: {command: "sleep 6; echo done"}
+    expect: {is_error: false, contains: done}
+  - end: terminate
+`)})
+	var beats int
+	var mu sync.Mutex
+	h.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/heartbeat") {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		beats++
+		if beats == 2 || beats == 3 {
+			apiError(w, http.StatusServiceUnavailable, "overloaded_error", "")
+			return true
+		}
+		return false
+	})
+	w := h.startWorker(h.workerOptions(t.TempDir()))
+	id := h.newSession("s")
+	h.waitScenario(id, "passed")
+	if n := testutilCounter(w.metrics.leaseLost); n != 0 {
+		t.Errorf("%v leases lost after a transient heartbeat failure; want none", n)
+	}
+}
