@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 	"unicode/utf8"
 
@@ -118,9 +119,16 @@ func (g gatedTool) Execute(ctx context.Context, input json.RawMessage) ([]anthro
 
 // run is the gate: journal check, hooks, execution, journal record. The
 // error return is reserved for "post nothing" (the session is shutting down
-// and the call must be left to whoever serves the session next).
-func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool, input json.RawMessage) (*Outcome, error) {
+// and the call must be left to whoever serves the session next). A panic
+// anywhere in the gate (a hook, the sandbox backend) fails the call, not
+// the worker.
+func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool, input json.RawMessage) (o *Outcome, err error) {
 	id := toolCallID(ctx)
+	defer func() {
+		if p := recover(); p != nil {
+			o, err = s.recovered(ctx, id, p), nil
+		}
+	}()
 	if id == "" {
 		// Without the id the call cannot be journalled; running it could
 		// execute it twice after a crash, so refuse.
@@ -149,7 +157,7 @@ func (s *session) run(ctx context.Context, tool anthropic.BetaTool, custom bool,
 	)
 	span.SetAttributes(s.attrs...)
 	start := time.Now()
-	o, err := s.decideAndRun(ctx, tool, c)
+	o, err = s.decideAndRun(ctx, tool, c)
 	if err != nil {
 		return nil, err
 	}
@@ -288,6 +296,27 @@ func (s *session) replay(ctx context.Context, c *Call, prev record) *Outcome {
 	msg := fmt.Sprintf("this %s call was started by a worker that stopped before it finished; it may have partly run and was not run again", c.Tool)
 	_ = s.w.journal.finish(context.WithoutCancel(ctx), c.ToolUseID, msg, true, time.Now())
 	return &Outcome{Text: msg, IsError: true, Replayed: true}
+}
+
+// recovered answers a call whose handling panicked: with its journalled
+// result when it has one (the panic came after the call ran), else with an
+// error, recorded as its result if the call was journalled as started.
+func (s *session) recovered(ctx context.Context, id string, p any) *Outcome {
+	s.log.Error("tool call handling panicked", slog.String("tool_use_id", id),
+		slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+	ctx = context.WithoutCancel(ctx)
+	const msg = "internal error: the worker failed while handling this call; it may have partly run"
+	prev, err := s.w.journal.lookup(ctx, id)
+	switch {
+	case err != nil || prev.SessionID != s.sessionID:
+	case prev.State == callFinished:
+		return &Outcome{Text: prev.Output, IsError: prev.IsError}
+	default:
+		if err := s.w.journal.finish(ctx, id, msg, true, time.Now()); err != nil {
+			s.log.Error("journal finish failed", slog.Any("error", err))
+		}
+	}
+	return &Outcome{Text: msg, IsError: true}
 }
 
 // leave gives up a call without answering it: it stops counting as in

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -83,7 +84,7 @@ func (x *sessionSandbox) current(ctx context.Context) (sandbox.Sandbox, error) {
 	if img := w.image(); img != "" {
 		span.SetAttributes(attribute.String("perimeter.sandbox.image", img))
 	}
-	sb, err := w.opts.Runtime.Create(ctx, x.spec)
+	sb, err := x.create(ctx)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		x.s.log.Error("could not start the sandbox", slog.String("runtime", w.opts.Runtime.Name()), slog.Any("error", err))
@@ -95,6 +96,18 @@ func (x *sessionSandbox) current(ctx context.Context) (sandbox.Sandbox, error) {
 	}
 	x.sb = sb
 	return sb, nil
+}
+
+// create asks the runtime for a sandbox; a runtime that panics fails the
+// start, not the worker.
+func (x *sessionSandbox) create(ctx context.Context) (sb sandbox.Sandbox, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			x.s.log.Error("the sandbox runtime panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			sb, err = nil, fmt.Errorf("the sandbox runtime failed: %v", p)
+		}
+	}()
+	return x.s.w.opts.Runtime.Create(ctx, x.spec)
 }
 
 // retire closes a sandbox that died and decides whether another may start.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -230,8 +231,15 @@ func (s *session) metadataAttributes() []attribute.KeyValue {
 }
 
 // runSession runs the tool loop until the session ends, the lease ends or
-// ctx is cancelled.
-func (s *session) runSession(ctx context.Context) error {
+// ctx is cancelled. A panic while setting the session up or serving it ends
+// the session with an error, not the worker.
+func (s *session) runSession(ctx context.Context) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("session panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			err = fmt.Errorf("internal error: %v", p)
+		}
+	}()
 	if s.work.Data.Type != "session" {
 		s.log.Debug("skipping non-session work item", slog.String("type", string(s.work.Data.Type)))
 		return errSkipped
