@@ -31,12 +31,24 @@ type globals struct {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := stopContext()
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "perimeter:", err)
 		os.Exit(1)
 	}
+}
+
+// stopContext is cancelled by the first SIGINT or SIGTERM, which asks for
+// a graceful stop (a worker drains its sessions). After it, those signals
+// have their default action again: a second one ends the process at once.
+func stopContext() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return ctx, stop
 }
 
 func newRootCmd() *cobra.Command {

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A first SIGTERM asks for a graceful stop; a second one, sent while the
+// stop is still under way, ends the process at once.
+func TestASecondSignalEndsTheProcess(t *testing.T) {
+	if os.Getenv("PERIMETER_TEST_STOPPING") == "1" {
+		ctx, stop := stopContext()
+		defer stop()
+		os.Stdout.WriteString("ready\n")
+		<-ctx.Done()
+		os.Stdout.WriteString("stopping\n")
+		time.Sleep(time.Minute) // a drain that does not end
+		os.Exit(0)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestASecondSignalEndsTheProcess$")
+	cmd.Env = append(os.Environ(), "PERIMETER_TEST_STOPPING=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	expect := func(line string) {
+		t.Helper()
+		buf := make([]byte, len(line)+1)
+		if _, err := io.ReadFull(out, buf); err != nil || string(buf) != line+"\n" {
+			t.Fatalf("child said %q, %v; want %q", buf, err, line)
+		}
+	}
+	expect("ready")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	expect("stopping")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// The handler may not be released yet the instant "stopping" is
+	// printed; signal until the process ends, or give up.
+	deadline := time.After(20 * time.Second)
+	for {
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+				t.Fatalf("child ended with %v, want killed by SIGTERM", err)
+			}
+			return
+		case <-deadline:
+			t.Fatal("a second SIGTERM did not end the process")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
