@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,6 +83,19 @@ func (h *harness) setFault(f func(w http.ResponseWriter, r *http.Request) bool) 
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.fault = f
+}
+
+// failBeats answers the heartbeats that fail picks (counting from 1) with
+// an API error, and lets the others through.
+func (h *harness) failBeats(fail func(n int) bool, status int, typ, msg string) {
+	var beats atomic.Int32
+	h.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/heartbeat") || !fail(int(beats.Add(1))) {
+			return false
+		}
+		apiError(w, status, typ, msg)
+		return true
+	})
 }
 
 // count returns how many recorded requests match method and a path suffix.

@@ -237,21 +237,7 @@ func TestHeartbeatPreconditionFailureReleasesTheItemWithoutStoppingIt(t *testing
     input: {command: "sleep 30"}
   - end: terminate
 `)})
-	var beats int
-	var mu sync.Mutex
-	h.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if !strings.HasSuffix(r.URL.Path, "/heartbeat") {
-			return false
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		beats++
-		if beats < 3 {
-			return false
-		}
-		apiError(w, http.StatusPreconditionFailed, "invalid_request_error", "heartbeat_precondition_failed")
-		return true
-	})
+	h.failBeats(func(n int) bool { return n >= 3 }, http.StatusPreconditionFailed, "invalid_request_error", "heartbeat_precondition_failed")
 	w := h.startWorker(h.workerOptions(t.TempDir()))
 	id := h.newSession("s")
 	h.waitEvent(id, isType("agent.tool_use"))
@@ -603,21 +589,7 @@ func TestATransientHeartbeatFailureKeepsTheLease(t *testing.T) {
     expect: {is_error: false, contains: done}
   - end: terminate
 `)})
-	var beats int
-	var mu sync.Mutex
-	h.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if !strings.HasSuffix(r.URL.Path, "/heartbeat") {
-			return false
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		beats++
-		if beats == 2 || beats == 3 {
-			apiError(w, http.StatusServiceUnavailable, "overloaded_error", "")
-			return true
-		}
-		return false
-	})
+	h.failBeats(func(n int) bool { return n == 2 || n == 3 }, http.StatusServiceUnavailable, "overloaded_error", "")
 	w := h.startWorker(h.workerOptions(t.TempDir()))
 	id := h.newSession("s")
 	h.waitScenario(id, "passed")
