@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"syscall"
 )
 
 // maxFileSize bounds what File reads: credentials are small, and a path
@@ -55,7 +56,9 @@ func (f *File) Get(_ context.Context, name string) ([]byte, error) {
 // readSecretFile reads a private file holding a credential. Its errors name
 // the path, never the contents.
 func readSecretFile(path string) ([]byte, error) {
-	fh, err := os.Open(path)
+	// Non-blocking, so that a named pipe put where the file should be is
+	// refused by the checks below rather than wait for a writer.
+	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("file %s does not exist: %w", path, ErrNotFound)
 	}
