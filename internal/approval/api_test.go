@@ -16,11 +16,7 @@ func TestTheAPIAuthenticatesAndDecides(t *testing.T) {
 	srv := httptest.NewServer(Handler(g, "tok-right"))
 	defer srv.Close()
 	ctx := context.Background()
-	done := make(chan error, 1)
-	go func() {
-		done <- g.BeforeCall(ctx, call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
-	}()
-	waitUntil(t, "the request", func() bool { _, err := g.Store().Get(ctx, "sevt_w"); return err == nil })
+	done := asking(t, g)
 
 	for _, tok := range []string{"", "tok-wrong"} {
 		c := &Client{BaseURL: srv.URL, Token: tok}

@@ -160,11 +160,7 @@ func TestAWaitingCallRunsWithTheInputItsApproverEdited(t *testing.T) {
 
 func TestAHumanDenialIsWhatTheModelSees(t *testing.T) {
 	g := newGate(t, t.TempDir(), "1h", newReceiver(t))
-	done := make(chan error, 1)
-	go func() {
-		done <- g.BeforeCall(context.Background(), call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
-	}()
-	waitUntil(t, "the request", func() bool { _, err := g.Store().Get(context.Background(), "sevt_w"); return err == nil })
+	done := asking(t, g)
 	if _, err := g.Decide(context.Background(), "sevt_w", false, "human:bob", "use the staging bucket", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -194,11 +190,7 @@ func TestNoDecisionBeforeTheDeadlineDenies(t *testing.T) {
 // waiting: the call is denied as if nobody had answered.
 func TestAnUnreadableStoreAtTheDeadlineDenies(t *testing.T) {
 	g := newGate(t, t.TempDir(), "300ms", newReceiver(t))
-	done := make(chan error, 1)
-	go func() {
-		done <- g.BeforeCall(context.Background(), call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
-	}()
-	waitUntil(t, "the request", func() bool { _, err := g.Store().Get(context.Background(), "sevt_w"); return err == nil })
+	done := asking(t, g)
 	g.Store().Close()
 	select {
 	case err := <-done:
@@ -243,6 +235,19 @@ func TestAPendingRequestOutlivesItsWorkerAndIsNotifiedOnce(t *testing.T) {
 	if n := rcv.n.Load(); n != 1 {
 		t.Errorf("%d notifications, want exactly 1", n)
 	}
+}
+
+// asking starts the write call sevt_w, which asks for a human, and returns
+// once its request is recorded; the channel receives what BeforeCall
+// returns.
+func asking(t *testing.T, g *Gate) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		done <- g.BeforeCall(context.Background(), call("sevt_w", "write", `{"file_path":"a","content":"x"}`))
+	}()
+	waitUntil(t, "the request", func() bool { _, err := g.Store().Get(context.Background(), "sevt_w"); return err == nil })
+	return done
 }
 
 // leftWaiting makes a write call that waits for a human, then leaves it as
