@@ -111,6 +111,16 @@ const schema = `CREATE TABLE IF NOT EXISTS decisions (
 // pageIndex serves the list pages (Store.Page) in order.
 const pageIndex = `CREATE INDEX IF NOT EXISTS decisions_by_request ON decisions (requested_at, tool_use_id)`
 
+// createSchema creates the table and its index where they are missing.
+func createSchema(ctx context.Context, db *sql.DB) error {
+	for _, stmt := range []string{schema, pageIndex} {
+		if _, err := db.ExecContext(ctx, stmt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // IsPostgres reports whether a store location is a PostgreSQL URL
 // (postgres:// or postgresql://) rather than a directory.
 func IsPostgres(location string) bool {
@@ -134,11 +144,9 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open approvals store %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
-	for _, stmt := range []string{schema, pageIndex} {
-		if _, err := db.Exec(stmt); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("open approvals store %s: %w", path, err)
-		}
+	if err := createSchema(context.Background(), db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open approvals store %s: %w", path, err)
 	}
 	return &Store{db: db, where: path}, nil
 }
@@ -156,11 +164,9 @@ func OpenPostgres(ctx context.Context, url string) (*Store, error) {
 	db.SetMaxOpenConns(8)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for _, stmt := range []string{schema, pageIndex} {
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("open approvals store %s: %w", where, err)
-		}
+	if err := createSchema(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open approvals store %s: %w", where, err)
 	}
 	return &Store{db: db, postgres: true, where: where}, nil
 }
