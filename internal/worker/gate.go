@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"time"
 	"unicode/utf8"
 
@@ -302,8 +301,7 @@ func (s *session) replay(ctx context.Context, c *Call, prev record) *Outcome {
 // result when it has one (the panic came after the call ran), else with an
 // error, recorded as its result if the call was journalled as started.
 func (s *session) recovered(ctx context.Context, id string, p any) *Outcome {
-	s.log.Error("tool call handling panicked", slog.String("tool_use_id", id),
-		slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+	logPanic(s.log, "tool call handling panicked", p, slog.String("tool_use_id", id))
 	ctx = context.WithoutCancel(ctx)
 	const msg = "internal error: the worker failed while handling this call; it may have partly run"
 	prev, err := s.w.journal.lookup(ctx, id)

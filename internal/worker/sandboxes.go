@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -103,7 +102,7 @@ func (x *sessionSandbox) current(ctx context.Context) (sandbox.Sandbox, error) {
 func (x *sessionSandbox) create(ctx context.Context) (sb sandbox.Sandbox, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			x.s.log.Error("the sandbox runtime panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			logPanic(x.s.log, "the sandbox runtime panicked", p)
 			sb, err = nil, fmt.Errorf("the sandbox runtime failed: %v", p)
 		}
 	}()

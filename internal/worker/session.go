@@ -230,13 +230,20 @@ func (s *session) metadataAttributes() []attribute.KeyValue {
 	return out
 }
 
+// logPanic logs a recovered panic with the stack that raised it: it is
+// called from the deferred function that recovered, before the stack
+// unwinds.
+func logPanic(log *slog.Logger, msg string, p any, attrs ...any) {
+	log.Error(msg, append(attrs, slog.Any("panic", p), slog.String("stack", string(debug.Stack())))...)
+}
+
 // runSession runs the tool loop until the session ends, the lease ends or
 // ctx is cancelled. A panic while setting the session up or serving it ends
 // the session with an error, not the worker.
 func (s *session) runSession(ctx context.Context) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("session panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			logPanic(s.log, "session panicked", p)
 			err = fmt.Errorf("internal error: %v", p)
 		}
 	}()
