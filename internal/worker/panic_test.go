@@ -37,21 +37,24 @@ func (panickingAudit) Append(_ context.Context, r audit.Record) error {
 // keeps serving.
 func TestAPanicInOneSessionDoesNotStopTheWorker(t *testing.T) {
 	answered := func(contains string) string {
-		return scenarioFor + `
+		return scenario(`
   - tool: bash
     input: {command: "echo never"}
     expect: {is_error: true, contains: "` + contains + `"}
   - end: terminate
-`
+`)
 	}
 	for _, tc := range []struct {
 		name     string
 		mod      func(*Options)
 		scenario string
+		// failed: the session ends before any call, and its item is
+		// stopped as failed; otherwise the call gets an error result.
+		failed bool
 	}{
-		{"Hook", func(o *Options) { o.Hooks = []Hook{panickingHook{}} }, answered("internal error")},
-		{"SandboxStart", func(o *Options) { o.Runtime = panickingRuntime{o.Runtime} }, answered("sandbox failure")},
-		{"Session", func(o *Options) { o.Audit = panickingAudit{} }, answered("")},
+		{"Hook", func(o *Options) { o.Hooks = []Hook{panickingHook{}} }, answered("internal error"), false},
+		{"SandboxStart", func(o *Options) { o.Runtime = panickingRuntime{o.Runtime} }, answered("sandbox failure"), false},
+		{"Session", func(o *Options) { o.Audit = panickingAudit{} }, answered(""), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, 5*time.Second, map[string]string{"s": tc.scenario})
@@ -59,7 +62,7 @@ func TestAPanicInOneSessionDoesNotStopTheWorker(t *testing.T) {
 			tc.mod(&opts)
 			w := h.startWorker(opts)
 			id := h.newSession("s")
-			if tc.name == "Session" {
+			if tc.failed {
 				waitFor(t, "the failed item to be stopped", func() bool { return h.workState(id) == "stopped" })
 			} else {
 				h.waitScenario(id, "passed")
@@ -70,5 +73,3 @@ func TestAPanicInOneSessionDoesNotStopTheWorker(t *testing.T) {
 		})
 	}
 }
-
-const scenarioFor = "version: 1\nname: test\nresult_timeout: 60s\nsteps:\n"
