@@ -156,8 +156,9 @@ func (s *Session) Exec(ctx context.Context, cmd string, timeout time.Duration) (
 // halves, so that an echo of the input could not contain it. A command
 // set on forging it can (it can read the shell's history, as in the SDK's
 // shell); it then misreports its own call and leaves what it prints
-// afterwards to the next one, as a background job or a trap it sets could. The command's standard input is /dev/null (a
-// command that reads it gets EOF rather than wait on the terminal).
+// afterwards to the next one, as a background job or a trap it sets
+// could. The command's standard input is /dev/null (a command that reads
+// it gets EOF rather than wait on the terminal).
 func (s *Session) send(ctx context.Context, cmd string, timeout time.Duration) (string, int, error) {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
