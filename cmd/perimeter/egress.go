@@ -33,7 +33,7 @@ func newEgress(ctx context.Context, cfg *config.Config, gate *approval.Gate, run
 			return nil, nil, err
 		}
 		if auditW != nil {
-			src = &forbidding{Source: src, log: auditW, seen: map[[sha256.Size]byte]bool{}}
+			src = newForbidding(src, auditW)
 		}
 	}
 	m, err := egress.NewManager(egress.ManagerOptions{
@@ -60,6 +60,10 @@ type forbidding struct {
 	log  *audit.Writer
 	mu   sync.Mutex
 	seen map[[sha256.Size]byte]bool // digests of the values registered
+}
+
+func newForbidding(src secrets.Source, log *audit.Writer) *forbidding {
+	return &forbidding{Source: src, log: log, seen: map[[sha256.Size]byte]bool{}}
 }
 
 // minForbidden is the shortest value registered: a shorter one would turn

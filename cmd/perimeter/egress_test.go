@@ -3,21 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 
 	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/secrets"
 )
-
-type staticSource map[string]string
-
-func (s staticSource) Get(_ context.Context, name string) ([]byte, error) {
-	v, ok := s[name]
-	if !ok {
-		return nil, fmt.Errorf("secret %q: not configured", name)
-	}
-	return []byte(v), nil
-}
 
 // A value the egress fetches is one the audit log refuses to hold, from
 // the first fetch on; a value too short to tell from other text is not.
@@ -29,7 +19,9 @@ func TestFetchedSecretsAreForbiddenInTheAuditLog(t *testing.T) {
 	defer w.Close()
 	ctx := context.Background()
 	const token, short = "ghp_canary_0123456789", "abc"
-	src := &forbidding{Source: staticSource{"github": token, "pin": short}, log: w, seen: map[[32]byte]bool{}}
+	t.Setenv("PERIMETER_TEST_GITHUB_TOKEN", token)
+	t.Setenv("PERIMETER_TEST_PIN", short)
+	src := newForbidding(secrets.NewEnv(map[string]string{"github": "PERIMETER_TEST_GITHUB_TOKEN", "pin": "PERIMETER_TEST_PIN"}), w)
 
 	record := func(v string) audit.Record {
 		return audit.Record{Kind: "tool_result", Data: map[string]string{"output": "the token is " + v}}
