@@ -68,6 +68,10 @@ func (s *session) openEgress(ctx context.Context, spec *sandbox.Spec) (close fun
 	}, nil
 }
 
+// unlistedHost is the host label of the egress metrics for requests to a
+// host that no rule names.
+const unlistedHost = "unlisted"
+
 // egressRecord reports one request through the session's proxy: a log
 // line, a span under the tool call that made it, and metrics. A record
 // holds names and sizes, never a secret value.
@@ -77,10 +81,17 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 		verdict = "blocked"
 	}
 	s.auditEgress(r)
+	// A host no rule names is chosen freely by the sandbox, which must not
+	// be able to add metric series at will: such requests are counted
+	// under one label. The log line, span and audit record name the host.
+	host := r.Host
+	if r.Rule == "" {
+		host = unlistedHost
+	}
 	m := s.w.metrics
-	m.egressRequests.WithLabelValues(r.Host, verdict).Inc()
-	m.egressBytes.WithLabelValues(r.Host, "out").Add(float64(r.BytesOut))
-	m.egressBytes.WithLabelValues(r.Host, "in").Add(float64(r.BytesIn))
+	m.egressRequests.WithLabelValues(host, verdict).Inc()
+	m.egressBytes.WithLabelValues(host, "out").Add(float64(r.BytesOut))
+	m.egressBytes.WithLabelValues(host, "in").Add(float64(r.BytesIn))
 	for _, name := range r.Secrets {
 		m.injections.WithLabelValues(name).Inc()
 	}

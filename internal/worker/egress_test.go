@@ -178,12 +178,27 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 		t.Errorf("the blocked request's verdict = %q", v)
 	}
 
+	// A host no rule names is counted as "unlisted": the sandbox picks such
+	// names, and must not be able to add series at will.
 	mt := opts.Metrics
+	mfs, err := mt.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == "blocked.test" {
+					t.Errorf("metric %s has a series for the unlisted host: %v", mf.GetName(), m.GetLabel())
+				}
+			}
+		}
+	}
 	if got := testutilCounterVec(mt.egressRequests, "127.0.0.1", "allowed"); got != 1 {
 		t.Errorf("allowed requests = %v", got)
 	}
-	if got := testutilCounterVec(mt.egressRequests, "blocked.test", "blocked"); got != 1 {
-		t.Errorf("blocked requests = %v", got)
+	if got := testutilCounterVec(mt.egressRequests, "unlisted", "blocked"); got != 1 {
+		t.Errorf("blocked requests to unlisted hosts = %v", got)
 	}
 	if got := testutilCounterVec(mt.injections, "api"); got != 1 {
 		t.Errorf("injections = %v", got)
