@@ -70,8 +70,7 @@ func (s *session) auditResult(ctx context.Context, c *Call, o *Outcome) {
 
 // auditEgress records one request through the session's proxy and the
 // credentials it carried (names only).
-func (s *session) auditEgress(r egress.Record) {
-	ctx := context.Background()
+func (s *session) auditEgress(ctx context.Context, r egress.Record) {
 	if !r.Allowed {
 		s.audit(ctx, r.ToolUseID, audit.EgressBlocked{Method: r.Method, Host: r.Host, Port: r.Port, Rule: r.Rule, Reason: r.Reason},
 			map[string]any{"path": r.Path})

@@ -80,7 +80,6 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 	if !r.Allowed {
 		verdict = "blocked"
 	}
-	s.auditEgress(r)
 	// A host no rule names is chosen freely by the sandbox, which must not
 	// be able to add metric series at will: such requests are counted
 	// under one label. The log line, span and audit record name the host.
@@ -95,6 +94,37 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 	for _, name := range r.Secrets {
 		m.injections.WithLabelValues(name).Inc()
 	}
+
+	// The span's parent is the call that was running, when the record
+	// names it; a request between calls hangs off the session.
+	parent := trace.ContextWithSpanContext(context.Background(), sessionSpan)
+	if rc := s.current.Load(); rc != nil && rc.id == r.ToolUseID {
+		if !r.Allowed {
+			rc.blocked.Add(1)
+		}
+		if rc.span.IsValid() {
+			parent = trace.ContextWithSpanContext(context.Background(), rc.span)
+		}
+	}
+	end := time.Now()
+	ctx, span := s.w.tracer.Start(parent, "egress "+r.Method+" "+r.Host,
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(end.Add(-r.Duration)),
+		trace.WithAttributes(
+			attribute.String("perimeter.session.id", s.sessionID),
+			attribute.String("perimeter.tool_use.id", r.ToolUseID),
+			attribute.String("http.request.method", r.Method),
+			attribute.String("server.address", r.Host),
+			attribute.Int("server.port", r.Port),
+			attribute.String("perimeter.egress.verdict", verdict),
+			attribute.String("perimeter.egress.rule", r.Rule),
+			attribute.StringSlice("perimeter.egress.credentials", r.Secrets),
+			attribute.Int64("perimeter.egress.bytes_out", r.BytesOut),
+			attribute.Int64("perimeter.egress.bytes_in", r.BytesIn),
+			attribute.Bool("perimeter.egress.intercepted", r.Intercepted),
+		))
+	// The audit records and the log line are in the request's span, so
+	// their OpenTelemetry log records join the trace of the call.
+	s.auditEgress(ctx, r)
 
 	attrs := []slog.Attr{
 		slog.String("tool_use_id", r.ToolUseID), slog.String("method", r.Method),
@@ -116,35 +146,8 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 	if !r.Allowed {
 		level, msg = slog.LevelWarn, "egress blocked"
 	}
-	s.log.LogAttrs(context.Background(), level, msg, attrs...)
+	s.log.LogAttrs(ctx, level, msg, attrs...)
 
-	// The span's parent is the call that was running, when the record
-	// names it; a request between calls hangs off the session.
-	parent := trace.ContextWithSpanContext(context.Background(), sessionSpan)
-	if rc := s.current.Load(); rc != nil && rc.id == r.ToolUseID {
-		if !r.Allowed {
-			rc.blocked.Add(1)
-		}
-		if rc.span.IsValid() {
-			parent = trace.ContextWithSpanContext(context.Background(), rc.span)
-		}
-	}
-	end := time.Now()
-	_, span := s.w.tracer.Start(parent, "egress "+r.Method+" "+r.Host,
-		trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(end.Add(-r.Duration)),
-		trace.WithAttributes(
-			attribute.String("perimeter.session.id", s.sessionID),
-			attribute.String("perimeter.tool_use.id", r.ToolUseID),
-			attribute.String("http.request.method", r.Method),
-			attribute.String("server.address", r.Host),
-			attribute.Int("server.port", r.Port),
-			attribute.String("perimeter.egress.verdict", verdict),
-			attribute.String("perimeter.egress.rule", r.Rule),
-			attribute.StringSlice("perimeter.egress.credentials", r.Secrets),
-			attribute.Int64("perimeter.egress.bytes_out", r.BytesOut),
-			attribute.Int64("perimeter.egress.bytes_in", r.BytesIn),
-			attribute.Bool("perimeter.egress.intercepted", r.Intercepted),
-		))
 	if r.Status != 0 {
 		span.SetAttributes(attribute.Int("http.response.status_code", r.Status))
 	}

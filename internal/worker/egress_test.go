@@ -19,6 +19,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/perimeterhq/perimeter/internal/audit"
 	"github.com/perimeterhq/perimeter/internal/egress"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/testenv"
@@ -122,6 +123,8 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 	opts.Egress = m
 	opts.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	opts.Metrics = NewMetrics(nil)
+	rec := &recordingAudit{}
+	opts.Audit = rec
 	h.startWorker(opts)
 	id := h.newSession("s")
 	h.waitScenario(id, "passed")
@@ -176,6 +179,29 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 	}
 	if v := attr(egressSpans[1], "perimeter.egress.verdict"); v != "blocked" {
 		t.Errorf("the blocked request's verdict = %q", v)
+	}
+
+	// The audit records of the requests are in the request's span, so
+	// their OpenTelemetry log records join the call's trace.
+	egressSpanIDs := map[string]bool{}
+	for _, s := range egressSpans {
+		egressSpanIDs[s.SpanContext().SpanID().String()] = true
+	}
+	rec.mu.Lock()
+	kinds := map[audit.Kind]int{}
+	for i, r := range rec.records {
+		d, _ := r.Data.(audit.Data)
+		switch d.(type) {
+		case audit.EgressRequest, audit.EgressBlocked, audit.CredentialInjected:
+			kinds[d.Kind()]++
+			if sc := rec.spans[i]; !egressSpanIDs[sc.SpanID().String()] {
+				t.Errorf("the %s record of %s was appended in span %s, not in its request's span", d.Kind(), r.ToolUseID, sc.SpanID())
+			}
+		}
+	}
+	rec.mu.Unlock()
+	if kinds[audit.KindEgressRequest] != 1 || kinds[audit.KindEgressBlocked] != 1 || kinds[audit.KindCredentialInjected] != 1 {
+		t.Errorf("egress audit records by kind: %v; want one of each", kinds)
 	}
 
 	// A host no rule names is counted as "unlisted": the sandbox picks such
