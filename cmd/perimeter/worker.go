@@ -141,7 +141,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		_ = tel.Shutdown(sctx)
 	}()
 	if tel.Handler != nil {
-		log = slog.New(slog.NewMultiHandler(log.Handler(), tel.Handler))
+		log = withOTelLogs(log, tel.Handler)
 	}
 	w, gate, closeWorker, err := newWorker(ctx, cfg, os.Getenv("ANTHROPIC_ENVIRONMENT_KEY"), log, observability{tp: tp, reg: reg, events: tel.Logger()})
 	if err != nil {
@@ -177,6 +177,31 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		log.Info("admin listening", slog.String("addr", ln.Addr().String()))
 	}
 	return w.Run(audit.ParentFromEnv(ctx))
+}
+
+// withOTelLogs fans the process log out to the OpenTelemetry log handler,
+// at the process log's level (--log-level): what the process log leaves
+// out is not exported either.
+func withOTelLogs(log *slog.Logger, otel slog.Handler) *slog.Logger {
+	return slog.New(slog.NewMultiHandler(log.Handler(), leveled{Handler: otel, level: log.Handler()}))
+}
+
+// leveled is a handler that is enabled only where level is.
+type leveled struct {
+	slog.Handler
+	level slog.Handler
+}
+
+func (h leveled) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.level.Enabled(ctx, l) && h.Handler.Enabled(ctx, l)
+}
+
+func (h leveled) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return leveled{Handler: h.Handler.WithAttrs(attrs), level: h.level}
+}
+
+func (h leveled) WithGroup(name string) slog.Handler {
+	return leveled{Handler: h.Handler.WithGroup(name), level: h.level}
 }
 
 // observability is where a worker's spans, metrics and audit events go;

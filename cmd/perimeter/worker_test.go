@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+
+	sdklog "go.opentelemetry.io/otel/sdk/log"
+
+	"github.com/perimeterhq/perimeter/internal/audit"
+)
+
+// memLogs keeps the bodies of the log records exported to it.
+type memLogs struct {
+	mu     sync.Mutex
+	bodies []string
+}
+
+func (m *memLogs) Export(_ context.Context, rs []sdklog.Record) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range rs {
+		m.bodies = append(m.bodies, r.Body().AsString())
+	}
+	return nil
+}
+func (m *memLogs) Shutdown(context.Context) error   { return nil }
+func (m *memLogs) ForceFlush(context.Context) error { return nil }
+
+// The process log goes out over OTLP at the level --log-level sets, not
+// every record the code writes; the audit events go out all the same.
+func TestOTLPLogExportFollowsTheLogLevel(t *testing.T) {
+	exp := &memLogs{}
+	tel, err := audit.StartTelemetry(context.Background(), audit.TelemetryOptions{ServiceName: "t", LogExporter: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := withOTelLogs(base, tel.Handler)
+	log.Debug("debug line")
+	log.Info("info line")
+	log.With(slog.String("session_id", "sesn_1")).WithGroup("g").Info("info line with attributes")
+	log.Warn("warn line")
+	log.With(slog.String("session_id", "sesn_1")).Error("error line with attributes")
+	_ = audit.Events{OTel: tel.Logger()}.Append(context.Background(), audit.Record{Data: audit.LeaseLost{Reason: "expired"}})
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	exp.mu.Lock()
+	defer exp.mu.Unlock()
+	want := []string{"warn line", "error line with attributes", "lease_lost"}
+	if !slices.Equal(exp.bodies, want) {
+		t.Errorf("exported log records %q, want %q", exp.bodies, want)
+	}
+}
