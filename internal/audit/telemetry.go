@@ -73,13 +73,13 @@ func StartTelemetry(ctx context.Context, opts TelemetryOptions) (*Telemetry, err
 	logExp := opts.LogExporter
 	if logExp == nil && signalEnabled("LOGS", opts.Enabled) {
 		var err error
-		switch p := signalProtocol("LOGS"); p {
+		switch p, v := signalProtocol("LOGS"); p {
 		case "grpc":
 			logExp, err = otlploggrpc.New(ctx)
 		case "http/protobuf", "":
 			logExp, err = otlploghttp.New(ctx)
 		default:
-			err = fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported: use grpc or http/protobuf", p)
+			err = unsupportedProtocol(p, v)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("create OTLP log exporter: %w", err)
@@ -98,13 +98,13 @@ func StartTelemetry(ctx context.Context, opts TelemetryOptions) (*Telemetry, err
 	metricExp := opts.MetricExporter
 	if metricExp == nil && opts.Metrics != nil && signalEnabled("METRICS", opts.Enabled) {
 		var err error
-		switch p := signalProtocol("METRICS"); p {
+		switch p, v := signalProtocol("METRICS"); p {
 		case "grpc":
 			metricExp, err = otlpmetricgrpc.New(ctx)
 		case "http/protobuf", "":
 			metricExp, err = otlpmetrichttp.New(ctx)
 		default:
-			err = fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported: use grpc or http/protobuf", p)
+			err = unsupportedProtocol(p, v)
 		}
 		if err != nil {
 			t.Shutdown(ctx)
@@ -160,11 +160,18 @@ func signalEnabled(signal string, enabled bool) bool {
 	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
 }
 
-func signalProtocol(signal string) string {
-	if p := os.Getenv("OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL"); p != "" {
-		return p
+// signalProtocol is the OTLP protocol of a signal: its own variable, else
+// the generic one. variable names the one that was read, for errors.
+func signalProtocol(signal string) (protocol, variable string) {
+	variable = "OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL"
+	if p := os.Getenv(variable); p != "" {
+		return p, variable
 	}
-	return os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	return os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "OTEL_EXPORTER_OTLP_PROTOCOL"
+}
+
+func unsupportedProtocol(protocol, variable string) error {
+	return fmt.Errorf("%s=%q is not supported: use grpc or http/protobuf", variable, protocol)
 }
 
 // Logger is a logger whose records are exported as OpenTelemetry log

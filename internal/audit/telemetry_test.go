@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -115,5 +116,31 @@ func TestEventsDoNotExportARecordHoldingAForbiddenValue(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"event.name":"lease_lost"`) {
 		t.Fatalf("the accepted record was not exported: %s", out.String())
+	}
+}
+
+// An unsupported protocol is refused naming the variable that asked for
+// it, the signal's own when that is the one set.
+func TestAnUnsupportedProtocolIsRefusedNamingItsVariable(t *testing.T) {
+	for _, signal := range []string{"TRACES", "LOGS", "METRICS"} {
+		t.Run(signal, func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+			t.Setenv("OTEL_EXPORTER_OTLP_"+signal+"_PROTOCOL", "http/json")
+			var err error
+			if signal == "TRACES" {
+				_, _, err = Tracing(context.Background(), TracingOptions{ServiceName: "t"})
+			} else {
+				var tel *Telemetry
+				tel, err = StartTelemetry(context.Background(), TelemetryOptions{ServiceName: "t", Metrics: prometheus.NewRegistry()})
+				if err == nil {
+					tel.Shutdown(context.Background())
+				}
+			}
+			want := `OTEL_EXPORTER_OTLP_` + signal + `_PROTOCOL="http/json" is not supported`
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("error %v, want one saying %s", err, want)
+			}
+		})
 	}
 }

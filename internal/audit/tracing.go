@@ -39,13 +39,13 @@ func Tracing(ctx context.Context, opts TracingOptions) (trace.TracerProvider, fu
 	exp := opts.Exporter
 	if exp == nil && exportEnabled(opts.Enabled) {
 		var err error
-		switch proto := protocol(); proto {
+		switch proto, v := signalProtocol("TRACES"); proto {
 		case "grpc":
 			exp, err = otlptracegrpc.New(ctx)
 		case "http/protobuf", "":
 			exp, err = otlptracehttp.New(ctx)
 		default:
-			return nil, nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported: use grpc or http/protobuf", proto)
+			return nil, nil, unsupportedProtocol(proto, v)
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("create OTLP trace exporter: %w", err)
@@ -69,13 +69,6 @@ func exportEnabled(enabled bool) bool {
 		return false
 	}
 	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
-}
-
-func protocol() string {
-	if p := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"); p != "" {
-		return p
-	}
-	return os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 }
 
 // ParentFromEnv returns ctx carrying the remote span context in the
