@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,7 +53,8 @@ type TelemetryOptions struct {
 
 // StartTelemetry starts OTLP export of logs and metrics when an endpoint is
 // configured (OTEL_EXPORTER_OTLP_ENDPOINT, or the signal's own
-// OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / _METRICS_ENDPOINT) or opts.Enabled;
+// OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / _METRICS_ENDPOINT), when
+// OTEL_LOGS_EXPORTER / OTEL_METRICS_EXPORTER lists otlp, or opts.Enabled;
 // OTEL_LOGS_EXPORTER=none, OTEL_METRICS_EXPORTER=none and
 // OTEL_SDK_DISABLED=true turn a signal off. The protocol is
 // OTEL_EXPORTER_OTLP_(LOGS_|METRICS_)PROTOCOL: grpc or http/protobuf.
@@ -153,11 +155,19 @@ func processResource(ctx context.Context, service, version string) (*resource.Re
 	return res, nil
 }
 
+// signalEnabled reports whether a signal (TRACES, LOGS, METRICS) is
+// exported over OTLP: when enabled, an endpoint is set, or the signal's
+// OTEL_<SIGNAL>_EXPORTER lists otlp; never when that variable is none or
+// the SDK is disabled.
 func signalEnabled(signal string, enabled bool) bool {
-	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") || strings.EqualFold(os.Getenv("OTEL_"+signal+"_EXPORTER"), "none") {
+	exporter := os.Getenv("OTEL_" + signal + "_EXPORTER")
+	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") || strings.EqualFold(exporter, "none") {
 		return false
 	}
-	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
+	listsOTLP := slices.ContainsFunc(strings.Split(exporter, ","), func(e string) bool {
+		return strings.EqualFold(strings.TrimSpace(e), "otlp")
+	})
+	return enabled || listsOTLP || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
 }
 
 // signalProtocol is the OTLP protocol of a signal: its own variable, else

@@ -144,3 +144,41 @@ func TestAnUnsupportedProtocolIsRefusedNamingItsVariable(t *testing.T) {
 		})
 	}
 }
+
+// OTEL_TRACES_EXPORTER=otlp (and its logs and metrics siblings) asks for
+// OTLP export as plainly as an endpoint does; the SDK's default endpoint
+// is then used.
+func TestAnOTLPExporterVariableTurnsExportOn(t *testing.T) {
+	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"} {
+		t.Setenv(v, "")
+	}
+	t.Setenv("OTEL_TRACES_EXPORTER", "otlp")
+	t.Setenv("OTEL_LOGS_EXPORTER", "console, OTLP")
+	t.Setenv("OTEL_METRICS_EXPORTER", "otlp")
+	// Nothing is exported: no span ends, nothing is logged, and the
+	// shutdown's context is already done.
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	tp, shutdown, err := Tracing(context.Background(), TracingOptions{ServiceName: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(done)
+	if _, span := tp.Tracer("t").Start(context.Background(), "call"); !span.IsRecording() {
+		t.Error("OTEL_TRACES_EXPORTER=otlp: spans are not recorded for export")
+	}
+	tel, err := StartTelemetry(context.Background(), TelemetryOptions{ServiceName: "t", Metrics: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(done)
+	if tel.Handler == nil {
+		t.Error("OTEL_LOGS_EXPORTER=console,otlp: logs are not exported")
+	}
+	if len(tel.shutdown) != 2 {
+		t.Errorf("%d exporters started, want logs and metrics", len(tel.shutdown))
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -32,12 +31,13 @@ type TracingOptions struct {
 // Tracing returns the tracer provider for the process and its shutdown,
 // which flushes pending spans. Export is on when an OTLP endpoint is
 // configured (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
-// when opts.Enabled, or with an explicit exporter; OTEL_TRACES_EXPORTER=none
+// when OTEL_TRACES_EXPORTER lists otlp, when opts.Enabled, or with an
+// explicit exporter; OTEL_TRACES_EXPORTER=none
 // and OTEL_SDK_DISABLED=true turn it off. The protocol follows
 // OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL: grpc or http/protobuf (the default).
 func Tracing(ctx context.Context, opts TracingOptions) (trace.TracerProvider, func(context.Context) error, error) {
 	exp := opts.Exporter
-	if exp == nil && exportEnabled(opts.Enabled) {
+	if exp == nil && signalEnabled("TRACES", opts.Enabled) {
 		var err error
 		switch proto, v := signalProtocol("TRACES"); proto {
 		case "grpc":
@@ -62,13 +62,6 @@ func Tracing(ctx context.Context, opts TracingOptions) (trace.TracerProvider, fu
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return tp, tp.Shutdown, nil
-}
-
-func exportEnabled(enabled bool) bool {
-	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") || strings.EqualFold(os.Getenv("OTEL_TRACES_EXPORTER"), "none") {
-		return false
-	}
-	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
 // ParentFromEnv returns ctx carrying the remote span context in the
