@@ -161,7 +161,13 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		// The RPC carries tool inputs and outputs: never to the engine's disk.
 		LogConfig: container.LogConfig{Type: "none"},
 	}
-	created, err := r.cli.ContainerCreate(ctx, cfg, hc, &network.NetworkingConfig{}, nil, containerName(spec.SessionID))
+	// The engine finishes creating a container whose request was
+	// cancelled, and only its answer says which one it made: the request
+	// (milliseconds) does not end with ctx, so a container that exists is
+	// known, and removed below if ctx ended meanwhile.
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+	created, err := r.cli.ContainerCreate(cctx, cfg, hc, &network.NetworkingConfig{}, nil, containerName(spec.SessionID))
+	ccancel()
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
 			err = fmt.Errorf("%w (build the image with `perimeter image build` and configure the sha256:… it prints)", err)

@@ -20,6 +20,7 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
 
 	"github.com/perimeterhq/perimeter/internal/image"
 	"github.com/perimeterhq/perimeter/internal/image/imagetest"
@@ -675,5 +676,56 @@ func TestSandboxReachesItsEgressProxyThroughTheBridge(t *testing.T) {
 				t.Errorf("CA bundles in the sandbox: %q", out)
 			}
 		})
+	}
+}
+
+// cancelOnCreate is an engine transport that cancels a Create's context
+// while the engine creates its container: the engine finishes creating it,
+// and a request made on that context never learns its ID.
+type cancelOnCreate struct {
+	http.RoundTripper
+	cancel context.CancelFunc
+}
+
+func (c cancelOnCreate) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPost || !strings.HasSuffix(req.URL.Path, "/containers/create") {
+		return c.RoundTripper.RoundTrip(req)
+	}
+	c.cancel()
+	resp, err := c.RoundTripper.RoundTrip(req.WithContext(context.WithoutCancel(req.Context())))
+	if err == nil && req.Context().Err() != nil {
+		resp.Body.Close()
+		return nil, req.Context().Err()
+	}
+	return resp, err
+}
+
+func TestCreateCancelledWhileTheEngineCreatesLeavesNoContainer(t *testing.T) {
+	engine := imagetest.Engine(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sock := strings.TrimPrefix(engine.DaemonHost(), "unix://")
+	hc := &http.Client{Transport: cancelOnCreate{cancel: cancel, RoundTripper: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}}
+	cli, err := client.NewClientWithOpts(client.WithHost(engine.DaemonHost()), client.WithHTTPClient(hc), client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	worker := "test-" + randomHex(6)
+	rt := newRuntime(t, "runc", func(o *docker.Options) { o.Client, o.WorkerID = cli, worker })
+	_, err = rt.Create(ctx, sandbox.Spec{SessionID: "sesn_cancelled_" + randomHex(4), Workspace: t.TempDir(),
+		Env: map[string]string{"PATH": "/usr/bin:/bin"}})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Create = %v, want context.Canceled", err)
+	}
+	if left := containersOf(t, worker); len(left) > 0 {
+		t.Errorf("containers left behind: %v", left)
+		if _, err := rt.RemoveOrphans(context.Background(), worker); err != nil {
+			t.Errorf("RemoveOrphans: %v", err)
+		}
 	}
 }
