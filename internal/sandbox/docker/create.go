@@ -203,11 +203,15 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 // cpus is want, or the engine host's CPU count when want is more: the
 // engine refuses a quota above it.
 func (r *Runtime) cpus(ctx context.Context, want float64) float64 {
-	r.ncpuOnce.Do(func() {
+	r.ncpuMu.Lock()
+	defer r.ncpuMu.Unlock()
+	// Asked until the engine answers: a first Create whose context ended
+	// must not leave every later one uncapped.
+	if r.ncpu == 0 {
 		if info, err := r.cli.Info(ctx); err == nil {
 			r.ncpu = info.NCPU
 		}
-	})
+	}
 	if r.ncpu > 0 && want > float64(r.ncpu) {
 		r.log.Warn("limits.cpus is more than the engine's host has; using all of them", slog.Float64("cpus", want), slog.Int("host_cpus", r.ncpu))
 		return float64(r.ncpu)

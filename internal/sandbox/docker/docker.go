@@ -125,8 +125,8 @@ type Runtime struct {
 	seccomp    string // compact JSON profile, or "" for the engine's default
 	log        *slog.Logger
 
-	ncpuOnce sync.Once
-	ncpu     int // the engine host's CPUs; 0 = unknown
+	ncpuMu sync.Mutex // guards ncpu
+	ncpu   int        // the engine host's CPUs; 0 = unknown
 }
 
 var _ sandbox.Runtime = (*Runtime)(nil)

@@ -729,3 +729,20 @@ func TestCreateCancelledWhileTheEngineCreatesLeavesNoContainer(t *testing.T) {
 		}
 	}
 }
+
+func TestCPUsAreCappedEvenWhenTheFirstCreateWasCancelled(t *testing.T) {
+	rt := newRuntime(t, "runc")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := rt.Create(ctx, sandbox.Spec{Workspace: t.TempDir(), Limits: sandbox.Limits{CPUs: 4096}}); err == nil {
+		t.Fatal("Create with a cancelled context succeeded")
+	}
+	sb, _ := create(t, rt, sandbox.Limits{CPUs: 4096})
+	ins, err := imagetest.Engine(t).ContainerInspect(context.Background(), sb.ContainerID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ins.HostConfig.NanoCPUs <= 0 || ins.HostConfig.NanoCPUs > 4096e9 {
+		t.Errorf("NanoCPUs = %d", ins.HostConfig.NanoCPUs)
+	}
+}
