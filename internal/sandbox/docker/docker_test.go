@@ -746,3 +746,32 @@ func TestCPUsAreCappedEvenWhenTheFirstCreateWasCancelled(t *testing.T) {
 		t.Errorf("NanoCPUs = %d", ins.HostConfig.NanoCPUs)
 	}
 }
+
+func TestDoctorTriesWhetherAConfiguredSeccompProfileAllowsPtrace(t *testing.T) {
+	scope, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	yama := err == nil && strings.TrimSpace(string(scope)) != "0"
+	for _, tc := range []struct {
+		name, profile string
+		want          bool
+	}{
+		{"AllowsPtrace", `{"defaultAction": "SCMP_ACT_ALLOW"}`, yama},
+		{"RefusesPtrace", `{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"}]}`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			profile := filepath.Join(t.TempDir(), "seccomp.json")
+			if err := os.WriteFile(profile, []byte(tc.profile), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			rt := newRuntime(t, "runc", func(o *docker.Options) { o.SeccompProfile = profile })
+			var got *sandbox.Check
+			for _, c := range rt.Doctor(context.Background()) {
+				if c.Name == "ptrace inside sandboxes" {
+					got = &c
+				}
+			}
+			if got == nil || got.OK != tc.want {
+				t.Errorf("ptrace check = %+v, want OK = %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -96,7 +96,7 @@ func (r *Runtime) Doctor(ctx context.Context) []sandbox.Check {
 		checks = append(checks, r.checkGVisorStatx(ctx))
 	}
 	if !r.gVisor() {
-		checks = append(checks, r.checkPtrace())
+		checks = append(checks, r.checkPtrace(ctx))
 	}
 
 	ws := sandbox.Check{Name: "workspace size limit", OK: true,
@@ -168,20 +168,31 @@ func (r *Runtime) runProbe(ctx context.Context, cmd []string) (int, error) {
 
 // checkPtrace reports whether processes in a runc sandbox can trace each
 // other (sandboxd included). They all belong to the session, so no
-// boundary is crossed, but the engine's default seccomp profile allows
-// ptrace on kernels from 4.8 and only Yama or a custom profile stops it.
-func (r *Runtime) checkPtrace() sandbox.Check {
+// boundary is crossed, but ptrace is the first step of many escapes. The
+// default profile refuses it; a configured one is tried in a probe
+// sandbox, since only running it says what it allows.
+func (r *Runtime) checkPtrace(ctx context.Context) sandbox.Check {
 	c := sandbox.Check{Name: "ptrace inside sandboxes"}
-	scope, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	if r.opts.SeccompProfile == "" {
+		c.OK, c.Detail = true, "refused by this worker's seccomp profile (Docker's default without ptrace, process_vm_readv and process_vm_writev)"
+		return c
+	}
+	code, err := r.runProbe(ctx, []string{"/usr/bin/python3", "-c",
+		"import ctypes, sys; sys.exit(0 if ctypes.CDLL(None).ptrace(0, 0, None, None) == 0 else 3)"}) // PTRACE_TRACEME
+	scope, yerr := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
 	s := strings.TrimSpace(string(scope))
 	switch {
-	case r.seccomp != "":
-		c.OK, c.Detail = true, "decided by the configured seccomp profile "+r.opts.SeccompProfile
-	case err == nil && s != "0":
-		c.OK, c.Detail = true, "limited by Yama (kernel.yama.ptrace_scope = "+s+")"
+	case err != nil:
+		c.Detail = "could not run a probe sandbox: " + err.Error()
+	case code == 3:
+		c.OK, c.Detail = true, "refused by the configured seccomp profile "+r.opts.SeccompProfile
+	case code != 0:
+		c.Detail = fmt.Sprintf("the probe sandbox failed (exit status %d)", code)
+	case yerr == nil && s != "0":
+		c.OK, c.Detail = true, "allowed by the configured seccomp profile "+r.opts.SeccompProfile+", limited by Yama (kernel.yama.ptrace_scope = "+s+")"
 	default:
-		c.Detail = "processes in a sandbox can ptrace each other and sandboxd (the engine's default seccomp profile allows it): " +
-			"set kernel.yama.ptrace_scope=2 on the host, or configure a seccomp_profile without ptrace, process_vm_readv and process_vm_writev"
+		c.Detail = "processes in a sandbox can ptrace each other and sandboxd (the configured seccomp profile " + r.opts.SeccompProfile + " allows it): " +
+			"refuse ptrace, process_vm_readv and process_vm_writev in it, or set kernel.yama.ptrace_scope=2 on the host"
 	}
 	return c
 }
