@@ -700,10 +700,11 @@ func (c cancelOnCreate) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-func TestCreateCancelledWhileTheEngineCreatesLeavesNoContainer(t *testing.T) {
+// cancellingEngine is a client of the test engine that calls cancel while
+// the engine creates a container (see cancelOnCreate).
+func cancellingEngine(t *testing.T, cancel context.CancelFunc) *client.Client {
+	t.Helper()
 	engine := imagetest.Engine(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	sock := strings.TrimPrefix(engine.DaemonHost(), "unix://")
 	hc := &http.Client{Transport: cancelOnCreate{cancel: cancel, RoundTripper: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -714,7 +715,15 @@ func TestCreateCancelledWhileTheEngineCreatesLeavesNoContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cli.Close()
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func TestCreateCancelledWhileTheEngineCreatesLeavesNoContainer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli := cancellingEngine(t, cancel)
+	var err error
 	worker := "test-" + randomHex(6)
 	rt := newRuntime(t, "runc", func(o *docker.Options) { o.Client, o.WorkerID = cli, worker })
 	_, err = rt.Create(ctx, sandbox.Spec{SessionID: "sesn_cancelled_" + randomHex(4), Workspace: t.TempDir(),
@@ -773,5 +782,24 @@ func TestDoctorTriesWhetherAConfiguredSeccompProfileAllowsPtrace(t *testing.T) {
 				t.Errorf("ptrace check = %+v, want OK = %v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestDoctorCancelledWhileTheEngineCreatesItsProbeLeavesNoContainer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli := cancellingEngine(t, cancel)
+	profile := filepath.Join(t.TempDir(), "seccomp.json")
+	if err := os.WriteFile(profile, []byte(`{"defaultAction": "SCMP_ACT_ALLOW"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	worker := "test-" + randomHex(6)
+	rt := newRuntime(t, "runc", func(o *docker.Options) { o.Client, o.WorkerID, o.SeccompProfile = cli, worker, profile })
+	rt.Doctor(ctx) // the ptrace check starts a probe sandbox
+	if left := containersOf(t, worker); len(left) > 0 {
+		t.Errorf("containers left behind: %v", left)
+		if _, err := rt.RemoveOrphans(context.Background(), worker); err != nil {
+			t.Errorf("RemoveOrphans: %v", err)
+		}
 	}
 }

@@ -137,7 +137,11 @@ func (r *Runtime) checkGVisorStatx(ctx context.Context) sandbox.Check {
 func (r *Runtime) runProbe(ctx context.Context, cmd []string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	created, err := r.cli.ContainerCreate(ctx,
+	// Not cancelled with ctx: a container the engine creates is then
+	// always known, and removed (see Create).
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+	defer ccancel()
+	created, err := r.cli.ContainerCreate(cctx,
 		&container.Config{Image: r.image, User: "1000:1000", Entrypoint: cmd, NetworkDisabled: true,
 			Labels: map[string]string{sandbox.LabelSession: "doctor-probe", sandbox.LabelWorker: r.opts.WorkerID}},
 		&container.HostConfig{Runtime: r.opts.OCIRuntime, NetworkMode: "none", CapDrop: []string{"ALL"},
