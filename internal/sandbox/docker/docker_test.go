@@ -26,6 +26,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/image/imagetest"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/sandbox/docker"
+	"github.com/perimeterhq/perimeter/internal/sandbox/pool"
 	"github.com/perimeterhq/perimeter/internal/sandbox/sandboxtest"
 	"github.com/perimeterhq/perimeter/internal/testenv"
 )
@@ -801,5 +802,47 @@ func TestDoctorCancelledWhileTheEngineCreatesItsProbeLeavesNoContainer(t *testin
 		if _, err := rt.RemoveOrphans(context.Background(), worker); err != nil {
 			t.Errorf("RemoveOrphans: %v", err)
 		}
+	}
+}
+
+// A warm sandbox that died while it waited (the engine restarted, an
+// operator removed it) is not what a session gets.
+func TestWarmPoolHandsOutNoDeadSandbox(t *testing.T) {
+	worker := "test-" + randomHex(6)
+	rt := newRuntime(t, "runc", func(o *docker.Options) { o.WorkerID = worker })
+	env := map[string]string{"PATH": "/usr/bin:/bin"}
+	p, err := pool.New(rt, pool.Options{Size: 1, Dir: filepath.Join(testenv.ShortDir(t), "pool"), Env: env,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	for deadline := time.Now().Add(time.Minute); p.Ready() < 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no warm sandbox within a minute")
+		}
+	}
+	ctx := context.Background()
+	list, err := imagetest.Engine(t).ContainerList(ctx, container.ListOptions{
+		Filters: filters.NewArgs(filters.Arg("label", sandbox.LabelWorker+"="+worker)),
+	})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("warm containers: %d, %v; want 1", len(list), err)
+	}
+	if err := imagetest.Engine(t).ContainerKill(ctx, list[0].ID, "KILL"); err != nil {
+		t.Fatal(err)
+	}
+
+	ws := filepath.Join(t.TempDir(), "sesn_1")
+	if err := os.Mkdir(ws, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := p.Create(ctx, sandbox.Spec{SessionID: "sesn_after_kill_" + randomHex(4), Workspace: ws, Env: env})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close(ctx)
+	if res, err := bash(t, sb, "echo alive"); err != nil || !strings.Contains(res.Text, "alive") {
+		t.Errorf("the session's first call: %+v, %v; want it answered", res, err)
 	}
 }

@@ -183,15 +183,16 @@ func (p *Pool) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 			return cold("could not give a warm sandbox the session's CA bundle", err)
 		}
 	}
-	if env := added(spec.Env, p.opts.Env); len(env) > 0 {
-		input, _ := json.Marshal(map[string]any{"env": env})
-		res, err := w.sb.Exec(ctx, sandbox.Call{Tool: sandbox.ToolConfigure, Input: input})
-		if err == nil && res.IsError {
-			err = errors.New(res.Text)
-		}
-		if err != nil {
-			return cold("could not set the session's environment in a warm sandbox", err)
-		}
+	// Made even when there is nothing to set: a warm sandbox may have died
+	// while it waited (the engine restarted, an operator removed it), and
+	// the answer proves sandboxd is there before a session depends on it.
+	input, _ := json.Marshal(map[string]any{"env": added(spec.Env, p.opts.Env)})
+	res, err := w.sb.Exec(ctx, sandbox.Call{Tool: sandbox.ToolConfigure, Input: input})
+	if err == nil && res.IsError {
+		err = errors.New(res.Text)
+	}
+	if err != nil {
+		return cold("could not set the session's environment in a warm sandbox", err)
 	}
 	// The session's workspace is an empty directory the worker made; the
 	// warm one takes its place.
