@@ -104,10 +104,8 @@ secrets:
 	}
 	id := newSession(t, op, "e2e-canary")
 	waitPassed(t, op, id)
-	w.signal(sigterm)
-	if code := w.wait(60 * time.Second); code != 0 {
-		t.Errorf("worker exited %d", code)
-	}
+	w.stop(t)
+	noContainersOf(t, "e2e-canary-"+filepathBase(state))
 
 	mu.Lock()
 	if len(received) != 1 || received[0] != "Bearer "+canary {
@@ -186,10 +184,13 @@ func TestACallWithARefusedRequestIsRolledBack(t *testing.T) {
 		state := stateDir(t)
 		cp := startControlPlane(t, t.TempDir(), "")
 		op := operator(cp.url)
+		workerID := "e2e-egress-rollback-" + filepathBase(state)
 		w := startWorker(t, cp.url, state, "--policy", "testdata/policies/egress-rollback.yaml",
-			"--runtime", runtime, "--tool-timeout", "60s", "--worker-id", "e2e-egress-rollback-"+filepathBase(state))
+			"--runtime", runtime, "--tool-timeout", "60s", "--worker-id", workerID)
 		id := newSession(t, op, "e2e-egress-rollback")
 		waitPassed(t, op, id)
+		w.stop(t)
+		noContainersOf(t, workerID)
 		if logs := w.out.String(); !strings.Contains(logs, `msg="egress blocked"`) || !strings.Contains(logs, "host=uploads.example.org") {
 			t.Errorf("the worker's log lacks the blocked request:\n%s", logs)
 		}
