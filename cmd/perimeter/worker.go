@@ -104,6 +104,9 @@ Example, against the embedded control plane:
 				return err
 			}
 			f.apply(cfg)
+			if err := cfg.Worker.Check(); err != nil {
+				return err
+			}
 			log, err := g.logger()
 			if err != nil {
 				return err

@@ -4,7 +4,10 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -54,5 +57,31 @@ func TestOTLPLogExportFollowsTheLogLevel(t *testing.T) {
 	want := []string{"warn line", "error line with attributes", "lease_lost"}
 	if !slices.Equal(exp.bodies, want) {
 		t.Errorf("exported log records %q, want %q", exp.bodies, want)
+	}
+}
+
+// A flag value no worker can run with is refused before anything starts,
+// naming the flag, as the same value in the config file is.
+func TestWorkerRefusesANegativeFlagBeforeStarting(t *testing.T) {
+	t.Setenv("ANTHROPIC_ENVIRONMENT_ID", "env_test")
+	t.Setenv("ANTHROPIC_ENVIRONMENT_KEY", "sk-ant-oat01-test")
+	for _, tc := range []struct{ flag, want string }{
+		{"--max-sessions=-1", "--max-sessions) is -1"},
+		{"--tool-timeout=-1s", "--tool-timeout) is -1s"},
+		{"--drain-timeout=-1s", "--drain-timeout) is -1s"},
+	} {
+		t.Run(tc.flag, func(t *testing.T) {
+			state := filepath.Join(t.TempDir(), "state")
+			root := newRootCmd()
+			root.SetArgs([]string{"worker", tc.flag, "--state-dir", state, "--admin-listen", "off",
+				"--runtime", "process", "--insecure-process-runtime", "--base-url", "http://127.0.0.1:1"})
+			err := root.Execute()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+			if _, err := os.Stat(state); !os.IsNotExist(err) {
+				t.Errorf("the state directory was created (%v): the worker started before refusing the flag", err)
+			}
+		})
 	}
 }

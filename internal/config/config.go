@@ -366,5 +366,37 @@ func Parse(b []byte, name string) (*Config, error) {
 			return nil, fmt.Errorf("%s: custom tool %q: command is required", name, t.Name)
 		}
 	}
+	if err := c.Worker.Check(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	return &c, nil
+}
+
+// Check refuses worker settings no worker can run with: a negative number
+// of sessions or bytes, or a negative timeout (only max_idle may be
+// negative). Parse checks the file; a command checks again once its flags
+// have overridden the file.
+func (w Worker) Check() error {
+	for _, n := range []struct {
+		key, flag, def string
+		v              int64
+	}{
+		{"worker.max_sessions", "--max-sessions", "4", int64(w.MaxSessions)},
+		{"worker.tool_timeout", "--tool-timeout", "120s", int64(w.ToolTimeout)},
+		{"worker.drain_timeout", "--drain-timeout", "30s", int64(w.DrainTimeout)},
+		{"worker.max_output_bytes", "", "100 KiB", int64(w.MaxOutputBytes)},
+	} {
+		if n.v >= 0 {
+			continue
+		}
+		what := n.key
+		if n.flag != "" {
+			what += " (or " + n.flag + ")"
+		}
+		if strings.HasSuffix(n.key, "timeout") {
+			return fmt.Errorf("%s is %s: use a positive duration, or 0 for the default (%s)", what, time.Duration(n.v), n.def)
+		}
+		return fmt.Errorf("%s is %d: use a positive number, or 0 for the default (%s)", what, n.v, n.def)
+	}
+	return nil
 }

@@ -31,6 +31,10 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"BadDuration", "version: 1\nworker:\n  max_idle: soon\n", "not a duration"},
 		{"CustomToolWithoutCommand", "version: 1\ncustom_tools:\n  - name: x\n", `custom tool "x": command is required`},
 		{"CustomToolWithoutName", "version: 1\ncustom_tools:\n  - command: true\n", "name is required"},
+		{"NegativeMaxSessions", "version: 1\nworker:\n  max_sessions: -1\n", "worker.max_sessions (or --max-sessions) is -1"},
+		{"NegativeToolTimeout", "version: 1\nworker:\n  tool_timeout: -5s\n", "worker.tool_timeout (or --tool-timeout) is -5s"},
+		{"NegativeDrainTimeout", "version: 1\nworker:\n  drain_timeout: -1m\n", "worker.drain_timeout (or --drain-timeout) is -1m0s"},
+		{"NegativeMaxOutputBytes", "version: 1\nworker:\n  max_output_bytes: -1\n", "worker.max_output_bytes is -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.doc), "test.yaml")
@@ -38,6 +42,15 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// max_idle is the one worker duration whose negative value means
+// something: no idle timeout.
+func TestANegativeMaxIdleDisablesTheIdleTimeout(t *testing.T) {
+	c, err := Parse([]byte("version: 1\nworker:\n  max_idle: -1s\n"), "test.yaml")
+	if err != nil || c.Worker.MaxIdle >= 0 {
+		t.Fatalf("max_idle: -1s: %+v, %v", c, err)
 	}
 }
 
