@@ -5,9 +5,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // A first SIGTERM asks for a graceful stop; a second one, sent while the
@@ -65,4 +69,21 @@ func TestASecondSignalEndsTheProcess(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// pflag takes a `quoted` word in a flag's usage as the name of its value:
+// every flag's help must show a one-word value name, not half a sentence.
+func TestEveryFlagsHelpNamesItsValueInOneWord(t *testing.T) {
+	var visit func(*cobra.Command)
+	visit = func(c *cobra.Command) {
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			if name, _ := pflag.UnquoteUsage(f); strings.ContainsAny(name, " \t") {
+				t.Errorf("%s --%s: help shows its value as %q", c.CommandPath(), f.Name, name)
+			}
+		})
+		for _, sub := range c.Commands() {
+			visit(sub)
+		}
+	}
+	visit(newRootCmd())
 }

@@ -44,7 +44,7 @@ func (f *workerFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.workerID, "worker-id", "", "worker id reported to the control plane and put on its sandboxes (default <hostname>-<hash of the state dir>, stable across restarts)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "directory for the call journal and session workspaces; share it between workers on one host (default ./perimeter-state)")
 	fl.StringVar(&f.adminListen, "admin-listen", "", `address of /healthz, /readyz and /metrics (default 127.0.0.1:9464; "off" disables)`)
-	fl.StringVar(&f.policy, "policy", "", "policy file every tool call is decided by; SIGHUP reloads it (default: the built-in policy, see `perimeter policy default`)")
+	fl.StringVar(&f.policy, "policy", "", "policy file every tool call is decided by; SIGHUP reloads it (default: the built-in policy, see 'perimeter policy default')")
 	fl.StringVar(&f.runtime, "runtime", "", "sandbox runtime: docker-runsc, docker, bwrap or process (default: the strongest this host offers)")
 	fl.IntVar(&f.maxSessions, "max-sessions", 0, "sessions served at once (default 4)")
 	fl.DurationVar(&f.maxIdle, "max-idle", 0, "how long a session stays attached after its turn ends (default 60s; negative disables)")
