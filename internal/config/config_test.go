@@ -25,6 +25,8 @@ func TestShippedExampleConfigParses(t *testing.T) {
 
 func TestConfigErrorsSayWhatToFix(t *testing.T) {
 	for _, tc := range []struct{ name, doc, want string }{
+		{"Empty", "", `test.yaml is empty: a config file needs at least "version: 1"`},
+		{"OnlyComments", "# nothing yet\n", "test.yaml is empty"},
 		{"UnknownKey", "version: 1\nworker:\n  max_sesions: 3\n", "max_sesions"},
 		{"WrongVersion", "version: 2\n", "version is 2"},
 		{"MissingVersion", "worker: {}\n", "version is 0"},
