@@ -94,14 +94,17 @@ func newNotifier(name string, ch config.Channel) (notify.Notifier, error) {
 	}
 }
 
-// clientAdminToken is the admin token a CLI command presents:
-// $PERIMETER_ADMIN_TOKEN, else the one in tokenFile (default: the one a
-// worker wrote to ./perimeter-state).
+// clientAdminToken is the admin token a CLI command presents: the one in
+// tokenFile (--token-file) when it is given, else $PERIMETER_ADMIN_TOKEN,
+// else the one a worker wrote to ./perimeter-state.
 func clientAdminToken(tokenFile string) (string, error) {
-	if t := os.Getenv("PERIMETER_ADMIN_TOKEN"); t != "" {
-		return t, nil
+	if tokenFile == "" {
+		if t := os.Getenv("PERIMETER_ADMIN_TOKEN"); t != "" {
+			return t, nil
+		}
+		tokenFile = filepath.Join("perimeter-state", adminTokenFile)
 	}
-	b, err := os.ReadFile(cmp.Or(tokenFile, filepath.Join("perimeter-state", adminTokenFile)))
+	b, err := os.ReadFile(tokenFile)
 	if err != nil {
 		return "", fmt.Errorf("no admin token: set PERIMETER_ADMIN_TOKEN or --token-file (a worker writes one to <state-dir>/%s): %w", adminTokenFile, err)
 	}

@@ -58,3 +58,20 @@ func TestAnEmptyAdminTokenFileIsReplaced(t *testing.T) {
 		t.Errorf("second start: %q, %v; want %q", again, err, tok)
 	}
 }
+
+// A --token-file given on the command line is the token the operator
+// chose: it wins over $PERIMETER_ADMIN_TOKEN, as every flag wins over the
+// environment.
+func TestAnExplicitTokenFileWinsOverTheEnvironment(t *testing.T) {
+	t.Setenv("PERIMETER_ADMIN_TOKEN", "pat_from_env")
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte("pat_from_file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := clientAdminToken(file); err != nil || tok != "pat_from_file" {
+		t.Errorf("with --token-file: %q, %v; want pat_from_file", tok, err)
+	}
+	if tok, err := clientAdminToken(""); err != nil || tok != "pat_from_env" {
+		t.Errorf("without --token-file: %q, %v; want pat_from_env", tok, err)
+	}
+}
