@@ -46,7 +46,12 @@ func (a storeApprovals) Decide(ctx context.Context, id string, allow bool, d app
 	return a.s.Decide(ctx, id, allow, "human:"+d.By, d.Reason, d.Input, time.Now())
 }
 
-func (t *approvalsTarget) open(ctx context.Context) (approvals, func(), error) {
+// open opens the store named by --store or --state-dir, or else the API of
+// the worker the config file (--config) describes: its admin_listen
+// address and the token in its state_dir, unless --admin-url,
+// $PERIMETER_ADMIN_URL, --token-file or $PERIMETER_ADMIN_TOKEN say otherwise.
+func (t *approvalsTarget) open(cmd *cobra.Command) (approvals, func(), error) {
+	ctx := cmd.Context()
 	if t.store != "" {
 		s, err := approval.OpenAt(ctx, t.store)
 		if err != nil {
@@ -64,11 +69,20 @@ func (t *approvalsTarget) open(ctx context.Context) (approvals, func(), error) {
 		}
 		return storeApprovals{s}, func() { s.Close() }, nil
 	}
-	token, err := clientAdminToken(t.tokenFile)
+	cfg, err := resolveConfig(cmd, "")
 	if err != nil {
 		return nil, nil, err
 	}
-	url := cmp.Or(t.adminURL, os.Getenv("PERIMETER_ADMIN_URL"), "http://127.0.0.1:9464")
+	url := cmp.Or(t.adminURL, os.Getenv("PERIMETER_ADMIN_URL"))
+	if url == "" {
+		if url, err = clientAdminURL(cfg.Worker.AdminListen); err != nil {
+			return nil, nil, err
+		}
+	}
+	token, err := clientAdminToken(t.tokenFile, cfg.Worker.StateDir)
+	if err != nil {
+		return nil, nil, err
+	}
 	return &approval.Client{BaseURL: url, Token: token}, func() {}, nil
 }
 
@@ -80,10 +94,12 @@ func newApprovalsCmd() *cobra.Command {
 		Long: `A policy rule that says ask or defer holds its tool call until a human
 decides it or its deadline denies it. These commands decide.
 
-They talk to a worker's approvals API (its --admin-listen address,
-$PERIMETER_ADMIN_URL, default http://127.0.0.1:9464) with the admin token
-($PERIMETER_ADMIN_TOKEN, or --token-file; a worker without the variable
-writes one to <state-dir>/admin-token). With --state-dir they work on the
+They talk to a worker's approvals API (--admin-url, else
+$PERIMETER_ADMIN_URL, else the config file's worker.admin_listen, default
+http://127.0.0.1:9464) with the admin token (--token-file, else
+$PERIMETER_ADMIN_TOKEN; a worker without the variable writes one to
+<state-dir>/admin-token, found through the config file's worker.state_dir,
+default ./perimeter-state). With --state-dir they work on the
 approvals store in that directory directly, which also works while no worker
 runs: the worker that next serves the session applies the decision. With
 --store postgres://… they work on a PostgreSQL store that workers share.
@@ -98,8 +114,8 @@ your user name) and is bound to the exact input of the call.`,
   perimeter approvals list --state-dir /var/lib/perimeter --all`,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&t.adminURL, "admin-url", "", "the worker's admin address (default $PERIMETER_ADMIN_URL, else http://127.0.0.1:9464)")
-	pf.StringVar(&t.tokenFile, "token-file", "", "file holding the admin token (default $PERIMETER_ADMIN_TOKEN, else ./perimeter-state/admin-token)")
+	pf.StringVar(&t.adminURL, "admin-url", "", "the worker's admin address (default $PERIMETER_ADMIN_URL, else the config's worker.admin_listen, else http://127.0.0.1:9464)")
+	pf.StringVar(&t.tokenFile, "token-file", "", "file holding the admin token (default $PERIMETER_ADMIN_TOKEN, else admin-token in the config's worker.state_dir, else ./perimeter-state/admin-token)")
 	pf.StringVar(&t.stateDir, "state-dir", "", "decide on the approvals store in this worker state directory instead of through a worker")
 	pf.StringVar(&t.store, "store", "", "decide on this approvals store (a postgres:// URL, or a state directory) instead of through a worker")
 	pf.BoolVar(&t.asJSON, "json", false, "print JSON")
@@ -110,7 +126,7 @@ your user name) and is bound to the exact input of the call.`,
 		Short: "List pending requests (--all for every decision)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			a, done, err := t.open(cmd.Context())
+			a, done, err := t.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -149,7 +165,7 @@ your user name) and is bound to the exact input of the call.`,
 		Short: "Show one request with the exact input of its call",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, done, err := t.open(cmd.Context())
+			a, done, err := t.open(cmd)
 			if err != nil {
 				return err
 			}
@@ -191,7 +207,7 @@ func decideCmd(t *approvalsTarget, allow bool) *cobra.Command {
 				}
 				d.Input = json.RawMessage(input)
 			}
-			a, done, err := t.open(cmd.Context())
+			a, done, err := t.open(cmd)
 			if err != nil {
 				return err
 			}

@@ -304,7 +304,15 @@ directory directly, for a session no worker serves.`,
 				return errors.New("restore needs --session and --before TOOL_USE_ID")
 			}
 			if adminURL != "" {
-				return restoreLive(cmd, adminURL, tokenFile, restoreRequest{Session: t.session, Before: before, By: by}, t.asJSON)
+				cfg, err := resolveConfig(cmd, t.stateDir)
+				if err != nil {
+					return err
+				}
+				token, err := clientAdminToken(tokenFile, cfg.Worker.StateDir)
+				if err != nil {
+					return err
+				}
+				return restoreLive(cmd, adminURL, token, restoreRequest{Session: t.session, Before: before, By: by}, t.asJSON)
 			}
 			return t.withStore(cmd, func(s *checkpoint.Store, stateDir string) error {
 				cp, err := s.Before(t.session, before)
@@ -324,18 +332,14 @@ directory directly, for a session no worker serves.`,
 		c.Flags().StringVar(&before, "before", "", "the tool-use id whose checkpoint (taken just before it ran) to use")
 	}
 	restore.Flags().StringVar(&adminURL, "admin-url", "", "restore a live session through this worker's admin API")
-	restore.Flags().StringVar(&tokenFile, "token-file", "", "file holding the admin token (default $PERIMETER_ADMIN_TOKEN, else ./perimeter-state/admin-token)")
+	restore.Flags().StringVar(&tokenFile, "token-file", "", "file holding the admin token (default $PERIMETER_ADMIN_TOKEN, else admin-token in the state directory)")
 	restore.Flags().StringVar(&by, "by", cmp.Or(os.Getenv("PERIMETER_APPROVER"), currentUser()), "who restores, for the audit log")
 	cmd.AddCommand(list, diff, restore)
 	return cmd
 }
 
 // restoreLive asks a worker to restore a session it may be serving.
-func restoreLive(cmd *cobra.Command, url, tokenFile string, req restoreRequest, asJSON bool) error {
-	token, err := clientAdminToken(tokenFile)
-	if err != nil {
-		return err
-	}
+func restoreLive(cmd *cobra.Command, url, token string, req restoreRequest, asJSON bool) error {
 	api := adminapi.Client{Name: "checkpoints API", BaseURL: url, Token: token}
 	var r restoreResponse
 	if err := api.Do(cmd.Context(), http.MethodPost, "/v1/checkpoints/restore", req, &r); err != nil {

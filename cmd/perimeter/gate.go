@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,19 +97,38 @@ func newNotifier(name string, ch config.Channel) (notify.Notifier, error) {
 
 // clientAdminToken is the admin token a CLI command presents: the one in
 // tokenFile (--token-file) when it is given, else $PERIMETER_ADMIN_TOKEN,
-// else the one a worker wrote to ./perimeter-state.
-func clientAdminToken(tokenFile string) (string, error) {
+// else the one a worker wrote to stateDir.
+func clientAdminToken(tokenFile, stateDir string) (string, error) {
 	if tokenFile == "" {
 		if t := os.Getenv("PERIMETER_ADMIN_TOKEN"); t != "" {
 			return t, nil
 		}
-		tokenFile = filepath.Join("perimeter-state", adminTokenFile)
+		tokenFile = filepath.Join(stateDir, adminTokenFile)
 	}
 	b, err := os.ReadFile(tokenFile)
 	if err != nil {
 		return "", fmt.Errorf("no admin token: set PERIMETER_ADMIN_TOKEN or --token-file (a worker writes one to <state-dir>/%s): %w", adminTokenFile, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// clientAdminURL is where a CLI command reaches the admin API of a worker
+// listening on listen (worker.admin_listen): an unspecified host is this
+// host's loopback.
+func clientAdminURL(listen string) (string, error) {
+	if listen == "off" {
+		return "", errors.New("the config's worker.admin_listen is off, so the worker serves no admin API: name one with --admin-url, or work on the state directory with --state-dir")
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("the config's worker.admin_listen %q is not host:port; name the worker with --admin-url", listen)
+	}
+	if ip := net.ParseIP(host); host == "" || ip.Equal(net.IPv4zero) {
+		host = "127.0.0.1"
+	} else if ip.Equal(net.IPv6unspecified) {
+		host = "::1"
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
 }
 
 // adminToken is the approvals API token: $PERIMETER_ADMIN_TOKEN, else the

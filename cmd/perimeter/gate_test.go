@@ -68,10 +68,10 @@ func TestAnExplicitTokenFileWinsOverTheEnvironment(t *testing.T) {
 	if err := os.WriteFile(file, []byte("pat_from_file\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if tok, err := clientAdminToken(file); err != nil || tok != "pat_from_file" {
+	if tok, err := clientAdminToken(file, t.TempDir()); err != nil || tok != "pat_from_file" {
 		t.Errorf("with --token-file: %q, %v; want pat_from_file", tok, err)
 	}
-	if tok, err := clientAdminToken(""); err != nil || tok != "pat_from_env" {
+	if tok, err := clientAdminToken("", t.TempDir()); err != nil || tok != "pat_from_env" {
 		t.Errorf("without --token-file: %q, %v; want pat_from_env", tok, err)
 	}
 }
