@@ -209,8 +209,12 @@ func (t *checkpointsTarget) withStore(cmd *cobra.Command, fn func(s *checkpoint.
 	if err != nil {
 		return err
 	}
-	// Offline commands take no checkpoint: nothing to watch.
+	// Offline commands take no checkpoint: nothing to watch. Nor do they
+	// make a store: a mistyped directory is an error, not an empty store.
 	dir := checkpointDir(cfg)
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("no checkpoint store in %s (is %s a worker's --state-dir?): %w", dir, cfg.Worker.StateDir, err)
+	}
 	s, err := checkpoint.Open(dir, checkpoint.Options{FullScan: true})
 	if errors.Is(err, checkpoint.ErrLocked) {
 		return fmt.Errorf("a worker holds the checkpoint store in %s: restore through it with --admin-url, or stop it first", dir)

@@ -101,6 +101,28 @@ func TestListingCheckpointsNamesTheSession(t *testing.T) {
 	}
 }
 
+// The offline commands read a worker's store; pointed at a directory that
+// holds none (a mistyped --state-dir), they say so and make nothing there.
+func TestOfflineCheckpointCommandsRefuseADirectoryWithoutAStore(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "typo")
+	for _, args := range [][]string{
+		{"list"},
+		{"diff", "--before", "sevt_1"},
+		{"restore", "--before", "sevt_1"},
+	} {
+		root := newRootCmd()
+		root.SetOut(&bytes.Buffer{})
+		root.SetArgs(append([]string{"checkpoints", "--session", "sesn_1", "--state-dir", state}, args...))
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), "no checkpoint store in "+filepath.Join(state, "checkpoints")) {
+			t.Errorf("checkpoints %s: err = %v, want it to say there is no store", args[0], err)
+		}
+		if _, err := os.Stat(state); !os.IsNotExist(err) {
+			t.Fatalf("checkpoints %s made %s (%v)", args[0], state, err)
+		}
+	}
+}
+
 // A worker whose object store cannot be used refuses to start, and says
 // what is wrong; one without persistence ignores the store.
 func TestOpenRemoteChecksTheBucket(t *testing.T) {
