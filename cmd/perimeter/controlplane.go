@@ -82,6 +82,9 @@ Example:
 			if fl.Changed("ttl") {
 				ttl = f.ttl
 			}
+			if ttl < 0 {
+				return fmt.Errorf("--ttl %s is negative: give the work-item lease a positive duration, such as 30s", ttl)
+			}
 			opts := controlplane.Options{
 				APIKey:         resolveKey(log, f.apiKey, "ANTHROPIC_API_KEY", devAPIKey, "API key"),
 				EnvironmentKey: resolveKey(log, f.environmentKey, "ANTHROPIC_ENVIRONMENT_KEY", devEnvironmentKey, "environment key"),

@@ -373,6 +373,24 @@ func Parse(b []byte, name string) (*Config, error) {
 	if err := c.Worker.Check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	// These would otherwise be read as their default, or as no limit at
+	// all (a negative checkpoint retention keeps everything).
+	for _, n := range []struct {
+		key string
+		v   float64
+	}{
+		{"sandbox.warm_pool", float64(c.Sandbox.WarmPool)},
+		{"sandbox.limits.cpus", c.Sandbox.Limits.CPUs},
+		{"sandbox.limits.pids", float64(c.Sandbox.Limits.PIDs)},
+		{"checkpoints.max_count", float64(c.Checkpoints.MaxCount)},
+		{"checkpoints.max_age", float64(c.Checkpoints.MaxAge)},
+		{"checkpoints.max_entries", float64(c.Checkpoints.MaxEntries)},
+		{"controlplane.ttl", float64(c.ControlPlane.TTL)},
+	} {
+		if n.v < 0 {
+			return nil, fmt.Errorf("%s: %s is negative: use a positive value, or leave it out for the default", name, n.key)
+		}
+	}
 	return &c, nil
 }
 

@@ -36,6 +36,13 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"NegativeMaxSessions", "version: 1\nworker:\n  max_sessions: -1\n", "worker.max_sessions (or --max-sessions) is -1"},
 		{"NegativeToolTimeout", "version: 1\nworker:\n  tool_timeout: -5s\n", "worker.tool_timeout (or --tool-timeout) is -5s"},
 		{"NegativeDrainTimeout", "version: 1\nworker:\n  drain_timeout: -1m\n", "worker.drain_timeout (or --drain-timeout) is -1m0s"},
+		{"NegativePIDs", "version: 1\nsandbox:\n  limits: {pids: -1}\n", "sandbox.limits.pids is negative"},
+		{"NegativeCPUs", "version: 1\nsandbox:\n  limits: {cpus: -0.5}\n", "sandbox.limits.cpus is negative"},
+		{"NegativeWarmPool", "version: 1\nsandbox:\n  warm_pool: -2\n", "sandbox.warm_pool is negative"},
+		{"NegativeCheckpointCount", "version: 1\ncheckpoints:\n  max_count: -1\n", "checkpoints.max_count is negative"},
+		{"NegativeCheckpointAge", "version: 1\ncheckpoints:\n  max_age: -24h\n", "checkpoints.max_age is negative"},
+		{"NegativeCheckpointEntries", "version: 1\ncheckpoints:\n  max_entries: -1\n", "checkpoints.max_entries is negative"},
+		{"NegativeLeaseTTL", "version: 1\ncontrolplane:\n  ttl: -5s\n", "controlplane.ttl is negative"},
 		{"NegativeMaxOutputBytes", "version: 1\nworker:\n  max_output_bytes: -1\n", "worker.max_output_bytes is -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
