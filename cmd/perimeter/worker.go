@@ -20,6 +20,7 @@ import (
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/perimeterhq/perimeter/internal/approval"
@@ -120,15 +121,14 @@ Example, against the embedded control plane:
 
 // runWorker runs a worker with its admin listener until ctx ends.
 func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	// Export failures go to the process log as it is written to stderr,
+	// not to the OpenTelemetry log exporter that may be what fails.
+	reportExportErrors(log)
 	tp, shutdownTracing, err := audit.Tracing(ctx, audit.TracingOptions{ServiceName: "perimeter-worker", Version: version, Enabled: cfg.Telemetry.Enabled})
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = shutdownTracing(sctx)
-	}()
+	defer flushTelemetry(ctx, log, "spans", shutdownTracing)
 	// Logs and metrics go out over OTLP too, under the same switches; the
 	// process log fans out to the log exporter.
 	reg := prometheus.NewRegistry()
@@ -138,11 +138,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = tel.Shutdown(sctx)
-	}()
+	defer flushTelemetry(ctx, log, "logs and metrics", tel.Shutdown)
 	if tel.Handler != nil {
 		log = withOTelLogs(log, tel.Handler)
 	}
@@ -180,6 +176,29 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		log.Info("admin listening", slog.String("addr", ln.Addr().String()))
 	}
 	return w.Run(audit.ParentFromEnv(ctx))
+}
+
+// telemetryFlushTimeout bounds the export of what telemetry holds when the
+// worker exits.
+const telemetryFlushTimeout = 5 * time.Second
+
+// flushTelemetry shuts an exporter down, which sends what it holds, and
+// says so in log when that fails: the operator learns that the collector
+// lacks the end of the run.
+func flushTelemetry(ctx context.Context, log *slog.Logger, what string, shutdown func(context.Context) error) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), telemetryFlushTimeout)
+	defer cancel()
+	if err := shutdown(sctx); err != nil {
+		log.Warn("telemetry: the last "+what+" may not have been exported", slog.Any("error", err))
+	}
+}
+
+// reportExportErrors makes OpenTelemetry's errors (an export that fails,
+// a collector that refuses) structured lines of log.
+func reportExportErrors(log *slog.Logger) {
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("telemetry: export failed", slog.Any("error", err))
+	}))
 }
 
 // withOTelLogs fans the process log out to the OpenTelemetry log handler,

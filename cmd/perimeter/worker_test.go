@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,9 +13,11 @@ import (
 	"sync"
 	"testing"
 
+	"go.opentelemetry.io/otel"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
 
 	"github.com/perimeterhq/perimeter/internal/audit"
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // memLogs keeps the bodies of the log records exported to it.
@@ -83,5 +87,52 @@ func TestWorkerRefusesANegativeFlagBeforeStarting(t *testing.T) {
 				t.Errorf("the state directory was created (%v): the worker started before refusing the flag", err)
 			}
 		})
+	}
+}
+
+// A collector that refuses the spans flushed at exit is reported in the
+// process log, as a line like any other; so is an exporter that cannot
+// finish flushing.
+func TestTelemetryFailuresAreLogged(t *testing.T) {
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "refused", http.StatusBadRequest)
+	}))
+	defer collector.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+
+	var out testenv.Buffer
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	defer otel.SetErrorHandler(otel.GetErrorHandler())
+	reportExportErrors(log)
+	tp, shutdown, err := audit.Tracing(context.Background(), audit.TracingOptions{ServiceName: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tp.Tracer("t").Start(context.Background(), "call")
+	span.End()
+	flushTelemetry(context.Background(), log, "spans", shutdown)
+	if got := out.String(); !strings.Contains(got, `msg="telemetry: export failed"`) || !strings.Contains(got, "400 Bad Request") {
+		t.Errorf("log after a refused flush: %q", got)
+	}
+
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{context.DeadlineExceeded, `level=WARN msg="telemetry: the last spans may not have been exported" error="context deadline exceeded"` + "\n"},
+	} {
+		var out testenv.Buffer
+		log := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+		flushTelemetry(context.Background(), log, "spans", func(context.Context) error { return tc.err })
+		if out.String() != tc.want {
+			t.Errorf("log after a flush that returned %v: %q, want %q", tc.err, out.String(), tc.want)
+		}
 	}
 }
