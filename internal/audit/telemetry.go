@@ -49,6 +49,9 @@ type TelemetryOptions struct {
 	// LogExporter and MetricExporter replace the OTLP exporters (tests).
 	LogExporter    sdklog.Exporter
 	MetricExporter sdkmetric.Exporter
+	// Logger receives warnings about settings that have no effect; nil
+	// means slog.Default().
+	Logger *slog.Logger
 }
 
 // StartTelemetry starts OTLP export of logs and metrics when an endpoint is
@@ -60,7 +63,12 @@ type TelemetryOptions struct {
 // OTEL_EXPORTER_OTLP_(LOGS_|METRICS_)PROTOCOL: grpc or http/protobuf.
 // Headers (OTEL_EXPORTER_OTLP_HEADERS) and the resource
 // (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME) follow the variables too.
+// Other exporter names (console, prometheus, …) are warned about and
+// ignored rather than refused, so a setting meant for another process
+// sharing the environment does not stop the worker.
 func StartTelemetry(ctx context.Context, opts TelemetryOptions) (*Telemetry, error) {
+	warnUnsupportedExporters(opts.Logger, "LOGS")
+	warnUnsupportedExporters(opts.Logger, "METRICS")
 	t := &Telemetry{}
 	var res *resource.Resource
 	resourceOnce := func() (*resource.Resource, error) {
@@ -168,6 +176,29 @@ func signalEnabled(signal string, enabled bool) bool {
 		return strings.EqualFold(strings.TrimSpace(e), "otlp")
 	})
 	return enabled || listsOTLP || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
+}
+
+// warnUnsupportedExporters logs a warning for each exporter that
+// OTEL_<SIGNAL>_EXPORTER lists other than otlp and none: an SDK would start
+// it, Perimeter does not, and a setting with no effect should not pass in
+// silence.
+func warnUnsupportedExporters(log *slog.Logger, signal string) {
+	if log == nil {
+		log = slog.Default()
+	}
+	variable := "OTEL_" + signal + "_EXPORTER"
+	supported := "otlp, none"
+	if signal == "METRICS" {
+		supported += "; metrics are also served at /metrics"
+	}
+	for _, e := range strings.Split(os.Getenv(variable), ",") {
+		e = strings.TrimSpace(e)
+		if e == "" || strings.EqualFold(e, "otlp") || strings.EqualFold(e, "none") {
+			continue
+		}
+		log.Warn(fmt.Sprintf("%s lists %q, which Perimeter does not support; it is ignored (supported: %s)", variable, e, supported),
+			slog.String("variable", variable), slog.String("exporter", e))
+	}
 }
 
 // signalProtocol is the OTLP protocol of a signal: its own variable, else

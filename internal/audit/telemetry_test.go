@@ -182,3 +182,59 @@ func TestAnOTLPExporterVariableTurnsExportOn(t *testing.T) {
 		t.Errorf("%d exporters started, want logs and metrics", len(tel.shutdown))
 	}
 }
+
+// An exporter Perimeter does not provide (console, zipkin, prometheus, …)
+// is not refused, since the same environment may configure another
+// process, but it is warned about by name rather than ignored in silence.
+func TestAnUnsupportedExporterIsWarnedAboutNamingItsVariable(t *testing.T) {
+	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"} {
+		t.Setenv(v, "")
+	}
+	for _, tc := range []struct {
+		signal, value string
+		want          []string // exporters warned about; none for none
+	}{
+		{"TRACES", "zipkin", []string{"zipkin"}},
+		{"TRACES", "console, jaeger", []string{"console", "jaeger"}},
+		{"LOGS", "console", []string{"console"}},
+		{"METRICS", "prometheus", []string{"prometheus"}},
+		{"METRICS", "none", nil},
+		{"LOGS", "", nil},
+	} {
+		t.Run(tc.signal+"="+tc.value, func(t *testing.T) {
+			for _, s := range []string{"TRACES", "LOGS", "METRICS"} {
+				t.Setenv("OTEL_"+s+"_EXPORTER", "")
+			}
+			variable := "OTEL_" + tc.signal + "_EXPORTER"
+			t.Setenv(variable, tc.value)
+			var out strings.Builder
+			log := slog.New(slog.NewTextHandler(&out, nil))
+			if tc.signal == "TRACES" {
+				_, shutdown, err := Tracing(context.Background(), TracingOptions{ServiceName: "t", Logger: log})
+				if err != nil {
+					t.Fatal(err)
+				}
+				shutdown(context.Background())
+			} else {
+				tel, err := StartTelemetry(context.Background(), TelemetryOptions{ServiceName: "t", Metrics: prometheus.NewRegistry(), Logger: log})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tel.Shutdown(context.Background())
+			}
+			got := strings.Count(out.String(), "level=WARN")
+			if got != len(tc.want) {
+				t.Fatalf("%d warnings, want %d:\n%s", got, len(tc.want), out.String())
+			}
+			for _, e := range tc.want {
+				if !strings.Contains(out.String(), variable+` lists \"`+e+`\"`) || !strings.Contains(out.String(), "supported: otlp, none") {
+					t.Errorf("no warning naming %s and %q and what is supported:\n%s", variable, e, out.String())
+				}
+			}
+			if tc.signal == "METRICS" && len(tc.want) > 0 && !strings.Contains(out.String(), "/metrics") {
+				t.Errorf("the warning does not point to /metrics:\n%s", out.String())
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -26,6 +27,9 @@ type TracingOptions struct {
 	Enabled bool
 	// Exporter, when set, replaces the OTLP exporter (tests record spans).
 	Exporter sdktrace.SpanExporter
+	// Logger receives warnings about settings that have no effect; nil
+	// means slog.Default().
+	Logger *slog.Logger
 }
 
 // Tracing returns the tracer provider for the process and its shutdown,
@@ -35,7 +39,9 @@ type TracingOptions struct {
 // explicit exporter; OTEL_TRACES_EXPORTER=none
 // and OTEL_SDK_DISABLED=true turn it off. The protocol follows
 // OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL: grpc or http/protobuf (the default).
+// Other exporter names (console, zipkin, …) are warned about and ignored.
 func Tracing(ctx context.Context, opts TracingOptions) (trace.TracerProvider, func(context.Context) error, error) {
+	warnUnsupportedExporters(opts.Logger, "TRACES")
 	exp := opts.Exporter
 	if exp == nil && signalEnabled("TRACES", opts.Enabled) {
 		var err error
