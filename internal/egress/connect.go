@@ -28,6 +28,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	what := "CONNECT " + t.authority()
 	d := p.rules.checkHost(t.host, t.ip, t.port)
 	rec.Rule = d.rule
+	rec.HostPattern = d.host
 	if d.reason != "" {
 		p.refuse(w, &rec, what, d.reason)
 		p.finish(&rec, start)

@@ -60,6 +60,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, interc
 
 	d := p.rules.checkRequest(t.host, t.ip, t.port, r.Method, r.URL.Path)
 	rec.Rule = d.rule
+	rec.HostPattern = d.host
 	if d.reason != "" {
 		p.refuse(w, &rec, what, d.reason)
 		return

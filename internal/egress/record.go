@@ -19,6 +19,11 @@ type Record struct {
 	// Rule is the rule that allowed the request, or whose methods, paths
 	// or ports refused it; "" when no rule matched the host.
 	Rule string
+	// HostPattern is the entry of that rule's hosts that Host matched: Host
+	// itself for an exact name or address, "*.example.com" for a wildcard;
+	// "" when no rule matched. It comes from the rules, not the sandbox, so
+	// it suits a metric label where Host does not.
+	HostPattern string
 	// Allowed reports whether the rules allowed the request and nothing
 	// else (a placeholder, a resolved address) stopped it.
 	Allowed bool

@@ -61,14 +61,14 @@ func TestEgressRecordsEveryRequest(t *testing.T) {
 	slices.SortFunc(recs, func(a, b Record) int { return strings.Compare(a.ToolUseID, b.ToolUseID) })
 	want := []Record{
 		{SessionID: "sesn_test", ToolUseID: "toolu_1", Method: "GET", Host: "api.test", Port: c.api.port, Path: "/x",
-			Rule: "api", Allowed: true, Status: 200, Secrets: []string{"github"}},
+			Rule: "api", HostPattern: "api.test", Allowed: true, Status: 200, Secrets: []string{"github"}},
 		{SessionID: "sesn_test", ToolUseID: "toolu_2", Method: "POST", Host: "api.test", Port: c.apiTLS.port, Path: "/repos",
-			Rule: "api", Allowed: true, Status: 200, Secrets: []string{"github"}, Intercepted: true,
+			Rule: "api", HostPattern: "api.test", Allowed: true, Status: 200, Secrets: []string{"github"}, Intercepted: true,
 			BytesOut: int64(len(body) - len(c.ph) + len(c.value))},
 		{SessionID: "sesn_test", ToolUseID: "toolu_3", Method: "GET", Host: "nope.test", Port: 80, Path: "/",
 			Status: 403, Reason: "no egress rule allows host nope.test (add it under egress.allow in the policy)"},
 		{SessionID: "sesn_test", ToolUseID: "toolu_4", Method: "CONNECT", Host: "other.test", Port: c.otherTLS.port,
-			Rule: "other", Allowed: true, Status: 200},
+			Rule: "other", HostPattern: "other.test", Allowed: true, Status: 200},
 	}
 	if diff := cmp.Diff(want, recs, cmpopts.IgnoreFields(Record{}, "Duration", "BytesIn"), cmpopts.IgnoreFields(Record{}, "BytesOut"), cmpopts.EquateEmpty()); diff != "" {
 		t.Errorf("records (-want +got):\n%s", diff)

@@ -115,6 +115,24 @@ func (h hostPattern) match(name string, ip netip.Addr) bool {
 	return name == h.name
 }
 
+// matched is the entry of r's hosts that a normalized host matches, an
+// exact one rather than a wildcard when both do; "" when none does.
+func (r *rule) matched(name string, ip netip.Addr) string {
+	found := ""
+	for _, h := range r.hosts {
+		if !h.match(name, ip) {
+			continue
+		}
+		if !h.wildcard {
+			return h.String()
+		}
+		if found == "" {
+			found = h.String()
+		}
+	}
+	return found
+}
+
 func matchAny(patterns []hostPattern, name string, ip netip.Addr) bool {
 	return slices.ContainsFunc(patterns, func(h hostPattern) bool { return h.match(name, ip) })
 }
@@ -276,6 +294,8 @@ type decision struct {
 	// rule is the rule that allowed the request, or the one whose methods
 	// or paths refused it; "" when no rule matched the host.
 	rule string
+	// host is the entry of that rule's hosts the host matched.
+	host string
 	// reason says why the request is refused and what to change; "" means
 	// it is allowed.
 	reason string
@@ -293,10 +313,10 @@ func (rs ruleSet) checkHost(name string, ip netip.Addr, port int) decision {
 	}
 	for _, r := range matched {
 		if r.unrestricted() {
-			return decision{rule: r.name}
+			return decision{rule: r.name, host: r.matched(name, ip)}
 		}
 	}
-	return decision{rule: matched[0].name, inspect: true}
+	return decision{rule: matched[0].name, host: matched[0].matched(name, ip), inspect: true}
 }
 
 // checkRequest decides one HTTP request.
@@ -307,19 +327,19 @@ func (rs ruleSet) checkRequest(name string, ip netip.Addr, port int, method, p s
 	}
 	for _, r := range matched {
 		if r.allowsMethod(method) && r.allowsPath(p) {
-			return decision{rule: r.name}
+			return decision{rule: r.name, host: r.matched(name, ip)}
 		}
 	}
 	r := matched[0]
 	if !r.allowsMethod(method) {
-		return decision{rule: r.name, reason: fmt.Sprintf("rule %q allows %s only (add %s to its methods to allow this)",
+		return decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows %s only (add %s to its methods to allow this)",
 			r.name, strings.Join(r.methods, ", "), method)}
 	}
 	if !canonicalPath(p) {
-		return decision{rule: r.name, reason: fmt.Sprintf("rule %q allows some paths only, and the path %q is not canonical (dot segments, repeated slashes or backslashes)",
+		return decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows some paths only, and the path %q is not canonical (dot segments, repeated slashes or backslashes)",
 			r.name, p)}
 	}
-	return decision{rule: r.name, reason: fmt.Sprintf("rule %q allows paths %s only (add a prefix of %s to its path prefixes to allow this)",
+	return decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows paths %s only (add a prefix of %s to its path prefixes to allow this)",
 		r.name, strings.Join(r.prefixes, ", "), p)}
 }
 
@@ -349,7 +369,7 @@ func (rs ruleSet) match(name string, ip netip.Addr, port int) ([]*rule, decision
 		for i, p := range r.ports {
 			ports[i] = strconv.Itoa(p)
 		}
-		return nil, decision{rule: r.name, reason: fmt.Sprintf("rule %q allows host %s on ports %s only (add %d to its ports to allow this)",
+		return nil, decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows host %s on ports %s only (add %d to its ports to allow this)",
 			r.name, name, strings.Join(ports, ", "), port)}
 	}
 	return matched, decision{}

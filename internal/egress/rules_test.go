@@ -106,6 +106,48 @@ func TestRulesDecide(t *testing.T) {
 	}
 }
 
+// A decision names the entry of the rule's hosts that matched, so that a
+// host under a wildcard can be counted under the wildcard; an exact entry
+// wins over a wildcard that also matches.
+func TestRulesNameTheHostEntryTheyMatched(t *testing.T) {
+	rs, err := compileRules([]Rule{
+		{Name: "github", Hosts: []string{"*.github.com", "api.github.com"}, Methods: []string{"GET"}},
+		{Name: "pypi", Hosts: []string{"pypi.org", "*.pythonhosted.org"}},
+		{Name: "local", Hosts: []string{"10.0.0.1"}, Ports: []int{8080}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		host, method string
+		port         int
+		want         string
+	}{
+		{"pypi.org", "GET", 443, "pypi.org"},
+		{"files.pythonhosted.org", "GET", 443, "*.pythonhosted.org"},
+		{"a.b.pythonhosted.org", "GET", 443, "*.pythonhosted.org"},
+		{"API.GitHub.com.", "GET", 443, "api.github.com"},
+		{"made-up.github.com", "GET", 443, "*.github.com"},
+		{"made-up.github.com", "POST", 443, "*.github.com"}, // refused by the rule's methods
+		{"made-up.github.com", "GET", 22, "*.github.com"},   // refused by the rule's ports
+		{"10.0.0.1", "GET", 8080, "10.0.0.1"},
+		{"pythonhosted.org", "GET", 443, ""},
+	} {
+		name, ip, err := normalizeHost(tc.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := rs.checkRequest(name, ip, tc.port, tc.method, "/"); d.host != tc.want {
+			t.Errorf("%s %s:%d: matched %q (%+v), want %q", tc.method, tc.host, tc.port, d.host, d, tc.want)
+		}
+		if tc.method == "GET" {
+			if d := rs.checkHost(name, ip, tc.port); d.host != tc.want {
+				t.Errorf("CONNECT %s:%d: matched %q (%+v), want %q", tc.host, tc.port, d.host, d, tc.want)
+			}
+		}
+	}
+}
+
 func TestNonPublicAddresses(t *testing.T) {
 	for addr, want := range map[string]string{
 		"127.0.0.1":            "loopback",

@@ -80,11 +80,14 @@ func (s *session) egressRecord(sessionSpan trace.SpanContext, r egress.Record) {
 	if !r.Allowed {
 		verdict = "blocked"
 	}
-	// A host no rule names is chosen freely by the sandbox, which must not
-	// be able to add metric series at will: such requests are counted
-	// under one label. The log line, span and audit record name the host.
-	host := r.Host
-	if r.Rule == "" {
+	// The sandbox chooses the host freely and must not be able to add
+	// metric series at will, so the label is drawn from the rules: the
+	// rule's entry the host matched (the host itself for an exact name,
+	// "*.example.com" for any name under a wildcard), or one label for
+	// hosts no rule names. The log line, span and audit record name the
+	// host.
+	host := r.HostPattern
+	if host == "" {
 		host = unlistedHost
 	}
 	m := s.w.metrics

@@ -99,13 +99,19 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
   - tool: bash
     input: {command: "fetch http://blocked.test/"}
     expect: {is_error: false, contains: ["403", "blocked.test"]}
+  - tool: bash
+    input: {command: "fetch http://made-up-7.wild.test/"}
+    expect: {is_error: false, contains: ["403", "allows POST only"]}
   - end: terminate
 `)})
 	m, err := egress.NewManager(egress.ManagerOptions{
 		Dir: testenv.ShortDir(t),
 		Config: func() egress.Config {
 			return egress.Config{
-				Rules: []egress.Rule{{Name: "upstream", Hosts: []string{"127.0.0.1"}, Ports: []int{portN}}},
+				Rules: []egress.Rule{
+					{Name: "upstream", Hosts: []string{"127.0.0.1"}, Ports: []int{portN}},
+					{Name: "wild", Hosts: []string{"*.wild.test"}, Methods: []string{"POST"}},
+				},
 				Credentials: []egress.EnvCredential{{
 					Credential: egress.Credential{Name: "api", Hosts: []string{"127.0.0.1"}}, Env: "API_TOKEN",
 				}},
@@ -161,8 +167,8 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 			}
 		}
 	}
-	if len(egressSpans) != 2 {
-		t.Fatalf("%d egress spans, want 2", len(egressSpans))
+	if len(egressSpans) != 3 {
+		t.Fatalf("%d egress spans, want 3", len(egressSpans))
 	}
 	for _, s := range egressSpans {
 		call, ok := callSpans[s.Parent().SpanID().String()]
@@ -177,8 +183,13 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 	if ev := egressSpans[0].Events(); len(ev) != 1 || ev[0].Name != "perimeter.credential_injected" {
 		t.Errorf("the credential's request has events %v, want one credential_injected", ev)
 	}
-	if v := attr(egressSpans[1], "perimeter.egress.verdict"); v != "blocked" {
-		t.Errorf("the blocked request's verdict = %q", v)
+	for _, s := range egressSpans[1:] {
+		if v := attr(s, "perimeter.egress.verdict"); v != "blocked" {
+			t.Errorf("the blocked request %s: verdict = %q", s.Name(), v)
+		}
+	}
+	if got := egressSpans[2].Name(); got != "egress GET made-up-7.wild.test" {
+		t.Errorf("the wildcard host's span is %q, want it named for the host", got)
 	}
 
 	// The audit records of the requests are in the request's span, so
@@ -200,12 +211,13 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 		}
 	}
 	rec.mu.Unlock()
-	if kinds[audit.KindEgressRequest] != 1 || kinds[audit.KindEgressBlocked] != 1 || kinds[audit.KindCredentialInjected] != 1 {
-		t.Errorf("egress audit records by kind: %v; want one of each", kinds)
+	if kinds[audit.KindEgressRequest] != 1 || kinds[audit.KindEgressBlocked] != 2 || kinds[audit.KindCredentialInjected] != 1 {
+		t.Errorf("egress audit records by kind: %v; want one request, two blocked, one injection", kinds)
 	}
 
-	// A host no rule names is counted as "unlisted": the sandbox picks such
-	// names, and must not be able to add series at will.
+	// A host no rule names is counted as "unlisted", and one a wildcard
+	// matches under the wildcard: the sandbox picks such names, and must
+	// not be able to add series at will.
 	mt := opts.Metrics
 	mfs, err := mt.reg.Gather()
 	if err != nil {
@@ -214,8 +226,8 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetValue() == "blocked.test" {
-					t.Errorf("metric %s has a series for the unlisted host: %v", mf.GetName(), m.GetLabel())
+				if l.GetValue() == "blocked.test" || l.GetValue() == "made-up-7.wild.test" {
+					t.Errorf("metric %s has a series for a host the sandbox chose: %v", mf.GetName(), m.GetLabel())
 				}
 			}
 		}
@@ -226,6 +238,9 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 	if got := testutilCounterVec(mt.egressRequests, "unlisted", "blocked"); got != 1 {
 		t.Errorf("blocked requests to unlisted hosts = %v", got)
 	}
+	if got := testutilCounterVec(mt.egressRequests, "*.wild.test", "blocked"); got != 1 {
+		t.Errorf("blocked requests to hosts under *.wild.test = %v", got)
+	}
 	if got := testutilCounterVec(mt.injections, "api"); got != 1 {
 		t.Errorf("injections = %v", got)
 	}
@@ -233,7 +248,7 @@ func TestSessionEgressIsRecordedAgainstItsToolCall(t *testing.T) {
 	if strings.Contains(logs, secret) {
 		t.Error("the log holds the secret")
 	}
-	for _, want := range []string{`msg="egress request"`, `credentials=[api]`, `msg="egress blocked"`, `host=blocked.test`} {
+	for _, want := range []string{`msg="egress request"`, `credentials=[api]`, `msg="egress blocked"`, `host=blocked.test`, `host=made-up-7.wild.test`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log lacks %s", want)
 		}

@@ -62,10 +62,10 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "perimeter_sandbox_failures_total", Help: "Sandboxes that died (exited, OOM-killed, wedged) while serving a session, by runtime.",
 		}, []string{"runtime"}),
 		egressRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "perimeter_egress_requests_total", Help: "Requests through the sessions' egress proxies by host (\"unlisted\" for hosts no rule names) and verdict (allowed, blocked).",
+			Name: "perimeter_egress_requests_total", Help: "Requests through the sessions' egress proxies by host (as a rule names it: the host, or a wildcard such as \"*.example.com\"; \"unlisted\" when no rule does) and verdict (allowed, blocked).",
 		}, []string{"host", "verdict"}),
 		egressBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "perimeter_egress_bytes_total", Help: "Body bytes through the egress proxies by host (\"unlisted\" for hosts no rule names) and direction (out: to the upstream, in: to the sandbox).",
+			Name: "perimeter_egress_bytes_total", Help: "Body bytes through the egress proxies by host (as a rule names it: the host, or a wildcard such as \"*.example.com\"; \"unlisted\" when no rule does) and direction (out: to the upstream, in: to the sandbox).",
 		}, []string{"host", "direction"}),
 		injections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "perimeter_credential_injections_total", Help: "Requests a credential's value was substituted into, by secret name.",
