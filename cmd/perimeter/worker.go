@@ -124,7 +124,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	// Export failures go to the process log as it is written to stderr,
 	// not to the OpenTelemetry log exporter that may be what fails.
 	reportExportErrors(log)
-	tp, shutdownTracing, err := audit.Tracing(ctx, audit.TracingOptions{ServiceName: "perimeter-worker", Version: version, Enabled: cfg.Telemetry.Enabled})
+	tp, shutdownTracing, err := audit.Tracing(ctx, audit.TracingOptions{ServiceName: "perimeter-worker", Version: version, Enabled: cfg.Telemetry.Enabled, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -133,7 +133,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	// process log fans out to the log exporter.
 	reg := prometheus.NewRegistry()
 	tel, err := audit.StartTelemetry(ctx, audit.TelemetryOptions{
-		ServiceName: "perimeter-worker", Version: version, Enabled: cfg.Telemetry.Enabled, Metrics: reg,
+		ServiceName: "perimeter-worker", Version: version, Enabled: cfg.Telemetry.Enabled, Metrics: reg, Logger: log,
 	})
 	if err != nil {
 		return err

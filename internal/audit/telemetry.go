@@ -54,12 +54,12 @@ type TelemetryOptions struct {
 	Logger *slog.Logger
 }
 
-// StartTelemetry starts OTLP export of logs and metrics when an endpoint is
-// configured (OTEL_EXPORTER_OTLP_ENDPOINT, or the signal's own
-// OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / _METRICS_ENDPOINT), when
-// OTEL_LOGS_EXPORTER / OTEL_METRICS_EXPORTER lists otlp, or opts.Enabled;
-// OTEL_LOGS_EXPORTER=none, OTEL_METRICS_EXPORTER=none and
-// OTEL_SDK_DISABLED=true turn a signal off. The protocol is
+// StartTelemetry starts OTLP export of logs and metrics, each as
+// signalEnabled decides: by OTEL_LOGS_EXPORTER / OTEL_METRICS_EXPORTER when
+// set (on when it lists otlp), else when an endpoint is configured
+// (OTEL_EXPORTER_OTLP_ENDPOINT, or the signal's own
+// OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / _METRICS_ENDPOINT) or opts.Enabled;
+// OTEL_SDK_DISABLED=true turns both off. The protocol is
 // OTEL_EXPORTER_OTLP_(LOGS_|METRICS_)PROTOCOL: grpc or http/protobuf.
 // Headers (OTEL_EXPORTER_OTLP_HEADERS) and the resource
 // (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME) follow the variables too.
@@ -164,18 +164,21 @@ func processResource(ctx context.Context, service, version string) (*resource.Re
 }
 
 // signalEnabled reports whether a signal (TRACES, LOGS, METRICS) is
-// exported over OTLP: when enabled, an endpoint is set, or the signal's
-// OTEL_<SIGNAL>_EXPORTER lists otlp; never when that variable is none or
-// the SDK is disabled.
+// exported over OTLP. When the signal's OTEL_<SIGNAL>_EXPORTER is set, it
+// decides, as the OpenTelemetry specification has it: on when it lists
+// otlp, off otherwise (none, or only exporters Perimeter does not have,
+// such as prometheus). When it is not set: on when enabled or an OTLP
+// endpoint is set. OTEL_SDK_DISABLED=true turns every signal off.
 func signalEnabled(signal string, enabled bool) bool {
-	exporter := os.Getenv("OTEL_" + signal + "_EXPORTER")
-	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") || strings.EqualFold(exporter, "none") {
+	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") {
 		return false
 	}
-	listsOTLP := slices.ContainsFunc(strings.Split(exporter, ","), func(e string) bool {
-		return strings.EqualFold(strings.TrimSpace(e), "otlp")
-	})
-	return enabled || listsOTLP || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
+	if exporter := strings.TrimSpace(os.Getenv("OTEL_" + signal + "_EXPORTER")); exporter != "" {
+		return slices.ContainsFunc(strings.Split(exporter, ","), func(e string) bool {
+			return strings.EqualFold(strings.TrimSpace(e), "otlp")
+		})
+	}
+	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
 }
 
 // warnUnsupportedExporters logs a warning for each exporter that
@@ -196,7 +199,7 @@ func warnUnsupportedExporters(log *slog.Logger, signal string) {
 		if e == "" || strings.EqualFold(e, "otlp") || strings.EqualFold(e, "none") {
 			continue
 		}
-		log.Warn(fmt.Sprintf("%s lists %q, which Perimeter does not support; it is ignored (supported: %s)", variable, e, supported),
+		log.Warn(fmt.Sprintf("%s lists %q, which Perimeter does not support; it is ignored, and without otlp in the list nothing of the signal goes out over OTLP (supported: %s)", variable, e, supported),
 			slog.String("variable", variable), slog.String("exporter", e))
 	}
 }

@@ -183,6 +183,44 @@ func TestAnOTLPExporterVariableTurnsExportOn(t *testing.T) {
 	}
 }
 
+// An OTEL_*_EXPORTER that lists no otlp keeps its signal off OTLP even
+// with an endpoint set, as the specification has it; one that is not set
+// leaves the endpoint to decide.
+func TestAnExporterListWithoutOTLPTurnsItsSignalOff(t *testing.T) {
+	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"} {
+		t.Setenv(v, "")
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("OTEL_TRACES_EXPORTER", "zipkin")
+	t.Setenv("OTEL_LOGS_EXPORTER", "")
+	t.Setenv("OTEL_METRICS_EXPORTER", "prometheus")
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	quiet := TracingOptions{ServiceName: "t", Logger: slog.New(slog.DiscardHandler)}
+
+	tp, shutdown, err := Tracing(context.Background(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(done)
+	if _, span := tp.Tracer("t").Start(context.Background(), "call"); span.IsRecording() {
+		t.Error("OTEL_TRACES_EXPORTER=zipkin with an endpoint: spans are exported over OTLP")
+	}
+	tel, err := StartTelemetry(context.Background(), TelemetryOptions{ServiceName: "t", Metrics: prometheus.NewRegistry(), Logger: quiet.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(done)
+	if tel.Handler == nil {
+		t.Error("OTEL_LOGS_EXPORTER unset with an endpoint: logs are not exported")
+	}
+	if len(tel.shutdown) != 1 {
+		t.Errorf("%d exporters started, want logs only (OTEL_METRICS_EXPORTER=prometheus)", len(tel.shutdown))
+	}
+}
+
 // An exporter Perimeter does not provide (console, zipkin, prometheus, …)
 // is not refused, since the same environment may configure another
 // process, but it is warned about by name rather than ignored in silence.

@@ -33,11 +33,11 @@ type TracingOptions struct {
 }
 
 // Tracing returns the tracer provider for the process and its shutdown,
-// which flushes pending spans. Export is on when an OTLP endpoint is
-// configured (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
-// when OTEL_TRACES_EXPORTER lists otlp, when opts.Enabled, or with an
-// explicit exporter; OTEL_TRACES_EXPORTER=none
-// and OTEL_SDK_DISABLED=true turn it off. The protocol follows
+// which flushes pending spans. Export is on with an explicit exporter, or
+// when OTEL_TRACES_EXPORTER lists otlp; when that variable is set without
+// otlp (none, zipkin …), or OTEL_SDK_DISABLED=true, it is off; else it is on
+// when an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_ENDPOINT or
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or opts.Enabled. The protocol follows
 // OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL: grpc or http/protobuf (the default).
 // Other exporter names (console, zipkin, …) are warned about and ignored.
 func Tracing(ctx context.Context, opts TracingOptions) (trace.TracerProvider, func(context.Context) error, error) {
