@@ -108,6 +108,9 @@ Example, against the embedded control plane:
 			if err := cfg.Worker.Check(); err != nil {
 				return err
 			}
+			if err := cfg.Anthropic.Check(os.Getenv("ANTHROPIC_ENVIRONMENT_KEY")); err != nil {
+				return err
+			}
 			log, err := g.logger()
 			if err != nil {
 				return err

@@ -136,3 +136,27 @@ func TestTelemetryFailuresAreLogged(t *testing.T) {
 		}
 	}
 }
+
+// A worker with no environment to serve, or no key for it, is refused
+// before it creates its state directory or starts a sandbox.
+func TestWorkerRefusesMissingCredentialsBeforeStarting(t *testing.T) {
+	for _, tc := range []struct{ name, id, key, want string }{
+		{"NoEnvironmentID", "", "sk-ant-oat01-test", "set ANTHROPIC_ENVIRONMENT_ID, --environment-id"},
+		{"NoEnvironmentKey", "env_test", "", "set ANTHROPIC_ENVIRONMENT_KEY"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("ANTHROPIC_ENVIRONMENT_ID", tc.id)
+			t.Setenv("ANTHROPIC_ENVIRONMENT_KEY", tc.key)
+			state := filepath.Join(t.TempDir(), "state")
+			root := newRootCmd()
+			root.SetArgs([]string{"worker", "--state-dir", state, "--admin-listen", "off",
+				"--runtime", "process", "--insecure-process-runtime", "--base-url", "http://127.0.0.1:1"})
+			if err := root.Execute(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.want)
+			}
+			if _, err := os.Stat(state); !os.IsNotExist(err) {
+				t.Errorf("the state directory was created (%v): the worker started before refusing", err)
+			}
+		})
+	}
+}

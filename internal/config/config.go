@@ -167,6 +167,19 @@ type Anthropic struct {
 	EnvironmentID string `yaml:"environment_id"`
 }
 
+// Check refuses a worker that has no environment to serve or no key for
+// it, naming where each comes from. The key is passed in because it is
+// never part of the file.
+func (a Anthropic) Check(environmentKey string) error {
+	switch {
+	case a.EnvironmentID == "":
+		return errors.New("no environment id: set ANTHROPIC_ENVIRONMENT_ID, --environment-id or anthropic.environment_id in the config")
+	case environmentKey == "":
+		return errors.New("no environment key: set ANTHROPIC_ENVIRONMENT_KEY (generated in the Console for the environment)")
+	}
+	return nil
+}
+
 // Worker configures `perimeter worker`.
 type Worker struct {
 	// ID reported to the control plane; empty means <hostname>-<random>.
