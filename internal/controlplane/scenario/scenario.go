@@ -169,12 +169,17 @@ func (s *Step) WantDenied() bool {
 // LoadDir parses every *.yaml file in dir, sorted by agent id. All files are
 // checked; the error joins every problem found.
 func LoadDir(dir string) ([]*Scenario, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("scenario directory: %w", err)
+	}
+	if !fi.IsDir() {
+		// Globbing under a file finds nothing: there would be no agents.
+		return nil, fmt.Errorf("scenario directory: %s is a file: give the directory holding it (%s); every *.yaml file there is an agent", dir, filepath.Dir(dir))
+	}
 	paths, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		return nil, fmt.Errorf("list scenarios in %s: %w", dir, err)
-	}
-	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("scenario directory: %w", err)
 	}
 	var (
 		out  []*Scenario

@@ -134,3 +134,16 @@ func TestLoadDirReportsEveryBadFile(t *testing.T) {
 		t.Errorf("LoadDir error = %v; want both bad files named with lines", err)
 	}
 }
+
+// A scenario file given where its directory belongs is refused, not read
+// as a directory with no scenarios in it.
+func TestLoadDirRefusesAFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "quickstart.yaml")
+	if err := os.WriteFile(file, []byte("version: 1\nsteps:\n  - end: terminate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	scs, err := LoadDir(file)
+	if err == nil || !strings.Contains(err.Error(), "is a file: give the directory holding it ("+filepath.Dir(file)+")") {
+		t.Errorf("LoadDir(a file) = %d scenarios, %v; want an error naming its directory", len(scs), err)
+	}
+}
