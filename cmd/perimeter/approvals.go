@@ -52,18 +52,24 @@ func (a storeApprovals) Decide(ctx context.Context, id string, allow bool, d app
 // $PERIMETER_ADMIN_URL, --token-file or $PERIMETER_ADMIN_TOKEN say otherwise.
 func (t *approvalsTarget) open(cmd *cobra.Command) (approvals, func(), error) {
 	ctx := cmd.Context()
-	if t.store != "" {
-		s, err := approval.OpenAt(ctx, t.store)
+	if approval.IsPostgres(t.store) {
+		s, err := approval.OpenPostgres(ctx, t.store)
 		if err != nil {
 			return nil, nil, err
 		}
 		return storeApprovals{s}, func() { s.Close() }, nil
 	}
-	if t.stateDir != "" {
-		if _, err := os.Stat(filepath.Join(t.stateDir, "approvals.db")); err != nil {
+	// Any other --store is a state directory. Its store must exist: a
+	// mistyped path would otherwise fail inside SQLite, or get an empty
+	// store of its own that no worker reads.
+	if dir := cmp.Or(t.store, t.stateDir); dir != "" {
+		if _, err := os.Stat(filepath.Join(dir, "approvals.db")); err != nil {
+			if t.store != "" {
+				return nil, nil, fmt.Errorf("--store %q is neither a postgres:// URL nor a worker state directory: %w", t.store, err)
+			}
 			return nil, nil, fmt.Errorf("no approvals store in %s (is it a worker's --state-dir?): %w", t.stateDir, err)
 		}
-		s, err := approval.Open(t.stateDir)
+		s, err := approval.Open(dir)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -91,3 +91,27 @@ func TestLiveRestoreUsesTheTokenInTheStateDirectory(t *testing.T) {
 		t.Errorf("the worker saw Authorization %q, want the token in %s", auth, state)
 	}
 }
+
+// A --store that is neither a PostgreSQL URL nor a worker state directory
+// is refused, saying which it should be, and no store is created there.
+func TestApprovalsRefuseAStoreThatIsNeitherURLNorStateDirectory(t *testing.T) {
+	empty := t.TempDir()
+	for _, tc := range []struct{ name, store string }{
+		{"MissingDirectory", filepath.Join(t.TempDir(), "mistyped")},
+		{"MisspelledScheme", "postgress://db.internal/perimeter"},
+		{"DirectoryWithoutStore", empty},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := newRootCmd()
+			root.SetOut(&bytes.Buffer{})
+			root.SetArgs([]string{"approvals", "list", "--store", tc.store})
+			err := root.Execute()
+			if err == nil || !strings.Contains(err.Error(), `--store "`+tc.store+`" is neither a postgres:// URL nor a worker state directory`) {
+				t.Errorf("err = %v, want it to say what --store should be", err)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(empty, "approvals.db")); !os.IsNotExist(err) {
+		t.Errorf("an approvals store was created in %s (%v)", empty, err)
+	}
+}
