@@ -346,6 +346,13 @@ func Parse(b []byte, name string) (*Config, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	// Decode reads one document; settings in a second would be ignored.
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, fmt.Errorf("%s: a second YAML document starts at line %d: a config file is one document, so move its settings into the first", name, extra.Line)
+	} else if !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	if c.Version != Version {
 		return nil, fmt.Errorf("%s: version is %d; this build reads version %d (add \"version: %d\" at the top)", name, c.Version, Version, Version)
 	}

@@ -29,6 +29,7 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"OnlyComments", "# nothing yet\n", "test.yaml is empty"},
 		{"UnknownKey", "version: 1\nworker:\n  max_sesions: 3\n", "max_sesions"},
 		{"WrongVersion", "version: 2\n", "version is 2"},
+		{"SecondDocument", "version: 1\n---\nworker:\n  max_sessions: 8\n", "test.yaml: a second YAML document starts at line 2"},
 		{"MissingVersion", "worker: {}\n", "version is 0"},
 		{"BadDuration", "version: 1\nworker:\n  max_idle: soon\n", "not a duration"},
 		{"CustomToolWithoutCommand", "version: 1\ncustom_tools:\n  - name: x\n", `custom tool "x": command is required`},
