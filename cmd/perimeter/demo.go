@@ -39,6 +39,10 @@ func newDemoCmd(g *globals) *cobra.Command {
 from a scenario (examples/scenarios/quickstart.yaml by default, built into the
 binary), prints a live timeline of its tool calls and a final summary.
 
+The control plane's and the worker's logs go to perimeter.log in the state
+directory (and to standard error with --verbose), at --log-level and in
+--log-format.
+
 Exits 0 when every expectation in the scenario held.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -46,7 +50,11 @@ Exits 0 when every expectation in the scenario held.`,
 			if err != nil {
 				return err
 			}
-			return runDemo(cmd.Context(), cfg, f, cmd.OutOrStdout())
+			newLog, err := g.newLogger()
+			if err != nil {
+				return err
+			}
+			return runDemo(cmd.Context(), cfg, f, newLog, cmd.OutOrStdout())
 		},
 	}
 	fl := cmd.Flags()
@@ -58,7 +66,7 @@ Exits 0 when every expectation in the scenario held.`,
 	return cmd
 }
 
-func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Writer) (err error) {
+func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, newLog func(io.Writer) *slog.Logger, out io.Writer) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 
@@ -90,7 +98,7 @@ func runDemo(ctx context.Context, cfg *config.Config, f *demoFlags, out io.Write
 	if f.verbose {
 		logOut = io.MultiWriter(logFile, os.Stderr)
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := newLog(logOut)
 
 	apiKey, envKey := "sk-ant-api-demo-"+randomHex(16), "sk-ant-oat01-demo-"+randomHex(16)
 	cp, err := controlplane.New(controlplane.Options{

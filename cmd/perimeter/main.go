@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -96,8 +97,19 @@ func (g *globals) load() (*config.Config, error) {
 	return config.Load(g.configPath)
 }
 
-// logger builds the process logger from --log-level and --log-format.
+// logger builds the process logger, on standard error, from --log-level
+// and --log-format.
 func (g *globals) logger() (*slog.Logger, error) {
+	newLog, err := g.newLogger()
+	if err != nil {
+		return nil, err
+	}
+	return newLog(os.Stderr), nil
+}
+
+// newLogger checks --log-level and --log-format and returns what builds a
+// logger with them that writes to w.
+func (g *globals) newLogger() (func(w io.Writer) *slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", g.logLevel)
@@ -105,9 +117,9 @@ func (g *globals) logger() (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: level}
 	switch strings.ToLower(g.logFormat) {
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return func(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, opts)) }, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return func(w io.Writer) *slog.Logger { return slog.New(slog.NewJSONHandler(w, opts)) }, nil
 	default:
 		return nil, fmt.Errorf("--log-format %q: use text or json", g.logFormat)
 	}
