@@ -182,7 +182,10 @@ func (a Anthropic) Check(environmentKey string) error {
 
 // Worker configures `perimeter worker`.
 type Worker struct {
-	// ID reported to the control plane; empty means <hostname>-<random>.
+	// ID reported to the control plane and put on the worker's sandboxes
+	// (or ANTHROPIC_WORKER_ID); empty means <hostname>-<hash of the state
+	// directory>, stable across restarts so that a restarted worker finds
+	// the sandboxes its predecessor left behind.
 	ID string `yaml:"id"`
 	// StateDir holds the durable call journal and session workspaces. It may
 	// be shared by workers on one host so a re-claimed session finds the
