@@ -53,7 +53,7 @@ type Options struct {
 	// EnvironmentID and EnvironmentKey select and authorise the queue. Required.
 	EnvironmentID  string
 	EnvironmentKey string
-	// WorkerID is reported to the control plane; "" = <hostname>-<random>.
+	// WorkerID is reported to the control plane; "" = <hostname>-<pid>.
 	WorkerID string
 	// Runtime runs the sandboxes. Required.
 	Runtime sandbox.Runtime
@@ -138,11 +138,10 @@ type Worker struct {
 
 // New validates opts and opens the state directory.
 func New(opts Options) (*Worker, error) {
+	if err := (config.Anthropic{EnvironmentID: opts.EnvironmentID}).Check(opts.EnvironmentKey); err != nil {
+		return nil, err
+	}
 	switch {
-	case opts.EnvironmentID == "":
-		return nil, errors.New("no environment id: set ANTHROPIC_ENVIRONMENT_ID or anthropic.environment_id in the config")
-	case opts.EnvironmentKey == "":
-		return nil, errors.New("no environment key: set ANTHROPIC_ENVIRONMENT_KEY (generated in the Console for the environment)")
 	case opts.Runtime == nil:
 		return nil, errors.New("no sandbox runtime configured")
 	case opts.StateDir == "":
