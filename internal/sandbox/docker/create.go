@@ -71,7 +71,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		}
 	}
 	// From here on, a failure undoes what was done.
-	s := &Sandbox{rt: r, log: log, wsfs: wsfs, limits: limits}
+	s := &Sandbox{rt: r, log: log, wsfs: wsfs, limits: limits, ooms: newOOMWatch()}
 	fail := func(err error) (sandbox.Sandbox, error) {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
 		defer cancel()
@@ -179,6 +179,14 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 	for _, w := range created.Warnings {
 		s.log.Warn("engine warning on create", slog.String("warning", w))
 	}
+	wctx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopWatch = stopWatch
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer stopWatch()
+		s.ooms.watch(wctx, r.cli, s.id, start, s.log)
+	}()
 	if err := s.attach(ctx); err != nil {
 		return fail(err)
 	}
@@ -195,6 +203,7 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbo
 		return fail(fmt.Errorf("start sandboxd: %w", err))
 	}
 	s.oom = s.newOOMCounter(ctx)
+	s.ooms.setCounter(s.oom)
 	s.log.Debug("sandbox started", slog.String("workdir", hello.Workdir), slog.Duration("took", time.Since(start)),
 		slog.String("memory", units.BytesSize(float64(limits.MemoryBytes))), slog.Float64("cpus", limits.CPUs), slog.Int64("pids", limits.PIDs))
 	return s, nil

@@ -439,6 +439,56 @@ func TestSandboxdDeathIsReportedWithItsCause(t *testing.T) {
 	}
 }
 
+func TestSandboxdKilledAfterAToolRanOutOfMemoryIsNotReportedAsOutOfMemory(t *testing.T) {
+	for _, oci := range ociRuntimes {
+		t.Run(oci, func(t *testing.T) {
+			rt := newRuntime(t, oci)
+			tests := []struct {
+				name string
+				kill func(t *testing.T, sb *docker.Sandbox)
+			}{
+				{"KilledByTheEngine", func(t *testing.T, sb *docker.Sandbox) {
+					if err := imagetest.Engine(t).ContainerKill(context.Background(), sb.ContainerID(), "KILL"); err != nil {
+						t.Fatal(err)
+					}
+				}},
+				{"KilledFromInside", func(t *testing.T, sb *docker.Sandbox) {
+					_, _ = bash(t, sb, "kill -KILL $PPID")
+				}},
+			}
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					sb, _ := create(t, rt, sandbox.Limits{MemoryBytes: 128 << 20})
+					ok(t, sb, "echo warm")
+					res, err := bash(t, sb, `python3 -c 'b = bytearray(1024**3)'`)
+					var exit *sandbox.ExitError
+					if errors.As(err, &exit) {
+						// Under gVisor the host kills the whole sandbox (its
+						// kernel is one process): that death is for memory.
+						if exit.Reason != sandbox.ReasonOOM {
+							t.Errorf("the memory bomb ended the sandbox with reason %q, want %q", exit.Reason, sandbox.ReasonOOM)
+						}
+						return
+					}
+					if !strings.Contains(res.Text, sandbox.ReasonOOM) {
+						t.Fatalf("memory bomb: %+v, want a result saying %q", res, sandbox.ReasonOOM)
+					}
+					ok(t, sb, "echo after")
+					tc.kill(t, sb)
+					for deadline := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(deadline); {
+						if _, err = bash(t, sb, "echo unreachable"); err == nil {
+							time.Sleep(100 * time.Millisecond)
+						}
+					}
+					if want := "killed by signal SIGKILL"; !errors.As(err, &exit) || exit.Reason != want {
+						t.Fatalf("err = %v, want an ExitError with reason %q", err, want)
+					}
+				})
+			}
+		})
+	}
+}
+
 func TestCloseRemovesTheContainerEvenWithACancelledContext(t *testing.T) {
 	rt := newRuntime(t, "runc")
 	sb, _ := create(t, rt, sandbox.Limits{})

@@ -1,6 +1,9 @@
 package docker
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -69,5 +72,63 @@ func TestUnescapeMount(t *testing.T) {
 		if got := sandbox.UnescapeMountinfo(in); got != want {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestOOMWatchBlamesOnlyKillsSandboxdDidNotOutlive(t *testing.T) {
+	const answeredAt = 1 // the counter when sandboxd last answered
+	tests := []struct {
+		name    string
+		counted bool
+		events  func(w *oomWatch, counter string)
+		want    bool
+	}{
+		{"NoEvent", true, func(w *oomWatch, _ string) {}, false},
+		{"LateEventOfAnAnsweredKill", true, func(w *oomWatch, _ string) { w.oomEvent(); w.oomEvent() }, false},
+		{"NewKill", true, func(w *oomWatch, counter string) {
+			writeOOMKills(t, counter, answeredAt+1)
+			w.oomEvent()
+		}, true},
+		{"KillAsTheCgroupWentAway", true, func(w *oomWatch, counter string) {
+			os.Remove(counter)
+			w.oomEvent()
+		}, true},
+		{"UncountedEarlierEvent", false, func(w *oomWatch, _ string) {}, false},
+		{"UncountedNewEvent", false, func(w *oomWatch, _ string) { w.oomEvent() }, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			counter := filepath.Join(t.TempDir(), "memory.oom_control")
+			writeOOMKills(t, counter, 0)
+			w := newOOMWatch()
+			if tc.counted {
+				w.setCounter(&oomCounter{file: counter})
+			} else {
+				w.setCounter(nil)
+			}
+			writeOOMKills(t, counter, answeredAt)
+			w.oomEvent()
+			w.callReturned((&oomCounter{file: counter}).count())
+			tc.events(w, counter)
+			w.end(false)
+			if got := w.killedSinceAnswer(t.Context()); got != tc.want {
+				t.Errorf("killedSinceAnswer = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	t.Run("EventsLost", func(t *testing.T) {
+		w := newOOMWatch()
+		w.setCounter(nil)
+		w.end(true)
+		if !w.killedSinceAnswer(t.Context()) {
+			t.Error("with the events lost, killedSinceAnswer = false; want the engine's flag to decide")
+		}
+	})
+}
+
+func writeOOMKills(t *testing.T, file string, n int) {
+	t.Helper()
+	if err := os.WriteFile(file, fmt.Appendf(nil, "oom_kill_disable 0\nunder_oom 0\noom_kill %d\n", n), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

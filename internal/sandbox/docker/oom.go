@@ -9,6 +9,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
 )
 
 // oomCounter reads how many processes the kernel has killed in a
@@ -100,4 +106,138 @@ func (c *oomCounter) count() (n uint64, ok bool) {
 		}
 	}
 	return 0, false
+}
+
+// oomWatch tells whether the kernel killed a process of the container for
+// memory since sandboxd last answered a call. The engine's State.OOMKilled
+// cannot: it stays set once any process of the container was OOM-killed,
+// so after a tool's memory bomb that sandboxd survived, a later SIGKILL of
+// sandboxd (`docker kill`, `kill -9` from inside) would be reported to the
+// model as "out of memory".
+//
+// It follows the engine's oom and die events for the container, which the
+// engine sends under runc and runsc alike. When the memory cgroup's counter
+// can be read (oomCounter), each oom event is weighed by the counter: the
+// engine may send an event late or more than once for one kill, and the
+// counter, read when a call returns, says exactly which kills sandboxd
+// outlived. Without the counter the events themselves are counted, so a
+// kill whose event arrives after the call that caused it has returned
+// counts as a later one.
+type oomWatch struct {
+	died chan struct{} // closed on the engine's die event, or when the events are lost
+
+	mu         sync.Mutex  // guards the fields below
+	counter    *oomCounter // nil until sandboxd answers, or when the cgroup cannot be read
+	events     int         // oom events so far
+	kills      uint64      // the counter's highest value read
+	gone       bool        // an oom event came when the counter could no longer be read: the container was ending
+	seenEvents int         // events when sandboxd last answered
+	seenKills  uint64      // kills when sandboxd last answered
+	lost       bool        // the event stream failed: only the engine's flag is left
+	diedOnce   sync.Once
+}
+
+func newOOMWatch() *oomWatch { return &oomWatch{died: make(chan struct{})} }
+
+// watch follows the container's events until its die event or ctx's end.
+// since is a time before the container was created, so no event is missed
+// between the creation and the subscription.
+func (w *oomWatch) watch(ctx context.Context, cli *client.Client, id string, since time.Time, log *slog.Logger) {
+	msgs, errs := cli.Events(ctx, events.ListOptions{
+		Since: strconv.FormatInt(since.Unix()-1, 10),
+		Filters: filters.NewArgs(
+			filters.Arg("type", string(events.ContainerEventType)),
+			filters.Arg("container", id),
+			filters.Arg("event", string(events.ActionOOM)),
+			filters.Arg("event", string(events.ActionDie)),
+		),
+	})
+	for {
+		select {
+		case m := <-msgs:
+			switch m.Action {
+			case events.ActionOOM:
+				w.oomEvent()
+			case events.ActionDie:
+				w.end(false)
+				return
+			}
+		case err := <-errs:
+			if ctx.Err() == nil {
+				log.Debug("lost the engine's events for the sandbox: an out-of-memory death will be told from another only by the engine's flag", slog.Any("error", err))
+			}
+			w.end(true)
+			return
+		}
+	}
+}
+
+func (w *oomWatch) end(lost bool) {
+	w.mu.Lock()
+	w.lost = w.lost || lost
+	w.mu.Unlock()
+	w.diedOnce.Do(func() { close(w.died) })
+}
+
+func (w *oomWatch) oomEvent() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events++
+	if w.counter == nil {
+		return
+	}
+	if n, ok := w.counter.count(); ok {
+		w.kills = max(w.kills, n)
+	} else {
+		w.gone = true
+	}
+}
+
+// setCounter starts weighing events by c (nil: counting them) once
+// sandboxd has answered its hello.
+func (w *oomWatch) setCounter(c *oomCounter) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.counter = c
+	w.answered(c.count())
+}
+
+// callReturned records that sandboxd answered a call; kills is the
+// counter's value read after the answer, if ok.
+func (w *oomWatch) callReturned(kills uint64, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.answered(kills, ok)
+}
+
+func (w *oomWatch) answered(kills uint64, ok bool) {
+	w.seenEvents = w.events
+	if ok {
+		w.kills = max(w.kills, kills)
+		w.seenKills = w.kills
+		w.gone = false
+	}
+}
+
+// killedSinceAnswer reports whether a process of the stopped container
+// was OOM-killed after sandboxd last answered. It waits, within ctx, for
+// the engine's die event, which the engine sends after the oom events of
+// the container; when it cannot tell, it says yes, leaving the engine's
+// flag to decide.
+func (w *oomWatch) killedSinceAnswer(ctx context.Context) bool {
+	select {
+	case <-w.died:
+	case <-ctx.Done():
+		return true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.lost:
+		return true
+	case w.counter != nil:
+		return w.kills > w.seenKills || w.gone
+	default:
+		return w.events > w.seenEvents
+	}
 }

@@ -37,7 +37,10 @@ type Sandbox struct {
 	conn   *sandbox.Conn
 	stderr *sandbox.StderrLog
 	oom    *oomCounter    // nil when the memory cgroup cannot be read
-	wg     sync.WaitGroup // the stream demultiplexer and the stderr logger
+	ooms   *oomWatch      // tells an OOM death from a later SIGKILL
+	wg     sync.WaitGroup // the stream demultiplexer, the stderr logger and the events watcher
+
+	stopWatch context.CancelFunc // ends the events watcher; nil before it starts
 
 	closeOnce sync.Once
 	closeErr  error
@@ -78,14 +81,19 @@ func (s *Sandbox) PID() int {
 func (s *Sandbox) Exec(ctx context.Context, call sandbox.Call) (sandbox.Result, error) {
 	before, counted := s.oom.count()
 	res, err := s.conn.Exec(ctx, call)
-	if err == nil && counted {
-		if after, ok := s.oom.count(); ok && after > before {
-			res.Text += fmt.Sprintf("\n[%s: the sandbox reached its %s memory limit and a process in it was killed]",
-				sandbox.ReasonOOM, units.BytesSize(float64(s.limits.MemoryBytes)))
-			s.log.Warn("a process in the sandbox was killed for memory", slog.String("tool", call.Tool), slog.Uint64("oom_kills", after-before))
-		}
+	if err != nil {
+		return res, err
 	}
-	return res, err
+	after, ok := s.oom.count()
+	if counted && ok && after > before {
+		res.Text += fmt.Sprintf("\n[%s: the sandbox reached its %s memory limit and a process in it was killed]",
+			sandbox.ReasonOOM, units.BytesSize(float64(s.limits.MemoryBytes)))
+		s.log.Warn("a process in the sandbox was killed for memory", slog.String("tool", call.Tool), slog.Uint64("oom_kills", after-before))
+	}
+	// sandboxd outlived every OOM kill so far: none of them can be why it
+	// dies later.
+	s.ooms.callReturned(after, ok)
+	return res, nil
 }
 
 // Close stops the container (SIGTERM, then SIGKILL after a short grace),
@@ -111,6 +119,9 @@ func (s *Sandbox) close(ctx context.Context, grace time.Duration) error {
 		if err := s.rt.removeContainer(ctx, s.id, grace); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if s.stopWatch != nil {
+		s.stopWatch()
 	}
 	s.wg.Wait()
 	if s.wsfs != nil {
@@ -182,7 +193,12 @@ func (s *Sandbox) exitReason() string {
 		case cerrdefs.IsNotFound(err):
 			return "container removed"
 		case err == nil && ins.State != nil && !ins.State.Running:
-			return exitReason(ins.State)
+			st := *ins.State
+			// The engine's flag stays set once anything in the container
+			// was OOM-killed; it explains this death only if a kill came
+			// after sandboxd last answered.
+			st.OOMKilled = st.OOMKilled && s.ooms.killedSinceAnswer(ctx)
+			return exitReason(&st)
 		}
 		select {
 		case <-ctx.Done():
