@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -15,32 +16,55 @@ import (
 )
 
 func newDoctorCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var stateDir string
+	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Report which sandbox runtimes this host supports, and why not",
 		Long: `Checks every sandbox runtime on this host: whether its prerequisites are
 there (the Docker engine and its OCI runtimes, bubblewrap, cgroup controllers
 for memory and process limits, the sandbox image) and whether a sandbox really
-starts and runs a command. Prints which runtime a worker with no runtime
-configured would pick. Exits non-zero when no isolating runtime works.`,
+starts and runs a command. Sandboxes start the sandboxd a worker with the same
+state directory starts (the slim build it installs there), so a runtime that
+works here works for that worker. Prints which runtime a worker with no
+runtime configured would pick. Exits non-zero when no isolating runtime works.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.load()
 			if err != nil {
 				return err
 			}
+			// As the worker's --state-dir does.
+			cfg.Worker.StateDir = cmp.Or(stateDir, cfg.Worker.StateDir, "perimeter-state")
 			return runDoctor(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", "", "the worker's state directory, where it installs the sandboxd its sandboxes start (default ./perimeter-state)")
+	return cmd
 }
 
 func runDoctor(ctx context.Context, cfg *config.Config, out io.Writer) error {
 	log := slog.New(slog.DiscardHandler)
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	pick := ""
+	// The sandboxd the worker starts: a runtime that works only with
+	// another binary (say one its sandbox user cannot reach) does not work.
+	fmt.Fprintf(tw, "sandboxd\n")
+	bin, binErr := sandboxdBinary(cfg.Worker.StateDir)
+	switch {
+	case binErr != nil:
+		fmt.Fprintf(tw, "  \u2717\tinstalled\t%v\n", binErr)
+	case bin == "":
+		fmt.Fprintf(tw, "  \u2713\tbinary\tthis executable (built without the slim sandboxd; make build embeds it)\n")
+	default:
+		fmt.Fprintf(tw, "  \u2713\tbinary\t%s\n", bin)
+	}
 	for _, name := range strongestFirst {
 		fmt.Fprintf(tw, "%s\n", name)
-		rt, err := newRuntime(ctx, name, "", cfg, log)
+		if binErr != nil {
+			fmt.Fprintf(tw, "  \u2717\tavailable\tno sandboxd to start: %v\n", binErr)
+			continue
+		}
+		rt, err := newRuntime(ctx, name, bin, cfg, log)
 		if err != nil {
 			fmt.Fprintf(tw, "  \u2717\tavailable\t%v\n", err)
 			continue

@@ -51,7 +51,7 @@ func (s *runtimeSetup) Close() {
 func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*runtimeSetup, error) {
 	sc := cfg.Sandbox
 	s := &runtimeSetup{}
-	bin, err := sandboxbin.Path(filepath.Join(cfg.Worker.StateDir, "bin"))
+	bin, err := sandboxdBinary(cfg.Worker.StateDir)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +133,14 @@ func setupRuntime(ctx context.Context, cfg *config.Config, log *slog.Logger) (*r
 		}
 	}
 	return s, nil
+}
+
+// sandboxdBinary installs the slim sandboxd under stateDir and returns
+// its path, which the runtimes start as sandboxd: "" when this executable
+// embeds none, and the runtimes start this one. The worker and `perimeter
+// doctor` both take it from here, so doctor proves what the worker runs.
+func sandboxdBinary(stateDir string) (string, error) {
+	return sandboxbin.Path(filepath.Join(stateDir, "bin"))
 }
 
 // newRuntime builds the named runtime without starting anything. bin is
