@@ -119,11 +119,24 @@ func TestEventsDoNotExportARecordHoldingAForbiddenValue(t *testing.T) {
 	}
 }
 
+// clearOTelEnv unsets, for t, every variable that decides whether and how
+// a signal is exported, so that a test sets only what it is about.
+func clearOTelEnv(t *testing.T) {
+	for _, signal := range []string{"", "TRACES_", "LOGS_", "METRICS_"} {
+		t.Setenv("OTEL_EXPORTER_OTLP_"+signal+"ENDPOINT", "")
+		t.Setenv("OTEL_EXPORTER_OTLP_"+signal+"PROTOCOL", "")
+	}
+	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_LOGS_EXPORTER", "OTEL_METRICS_EXPORTER"} {
+		t.Setenv(v, "")
+	}
+}
+
 // An unsupported protocol is refused naming the variable that asked for
 // it, the signal's own when that is the one set.
 func TestAnUnsupportedProtocolIsRefusedNamingItsVariable(t *testing.T) {
 	for _, signal := range []string{"TRACES", "LOGS", "METRICS"} {
 		t.Run(signal, func(t *testing.T) {
+			clearOTelEnv(t)
 			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
 			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
 			t.Setenv("OTEL_EXPORTER_OTLP_"+signal+"_PROTOCOL", "http/json")
@@ -149,11 +162,7 @@ func TestAnUnsupportedProtocolIsRefusedNamingItsVariable(t *testing.T) {
 // OTLP export as plainly as an endpoint does; the SDK's default endpoint
 // is then used.
 func TestAnOTLPExporterVariableTurnsExportOn(t *testing.T) {
-	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
-		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"} {
-		t.Setenv(v, "")
-	}
+	clearOTelEnv(t)
 	t.Setenv("OTEL_TRACES_EXPORTER", "otlp")
 	t.Setenv("OTEL_LOGS_EXPORTER", "console, OTLP")
 	t.Setenv("OTEL_METRICS_EXPORTER", "otlp")
@@ -187,11 +196,7 @@ func TestAnOTLPExporterVariableTurnsExportOn(t *testing.T) {
 // with an endpoint set, as the specification has it; one that is not set
 // leaves the endpoint to decide.
 func TestAnExporterListWithoutOTLPTurnsItsSignalOff(t *testing.T) {
-	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
-		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"} {
-		t.Setenv(v, "")
-	}
+	clearOTelEnv(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
 	t.Setenv("OTEL_TRACES_EXPORTER", "zipkin")
 	t.Setenv("OTEL_LOGS_EXPORTER", "")
@@ -225,10 +230,7 @@ func TestAnExporterListWithoutOTLPTurnsItsSignalOff(t *testing.T) {
 // is not refused, since the same environment may configure another
 // process, but it is warned about by name rather than ignored in silence.
 func TestAnUnsupportedExporterIsWarnedAboutNamingItsVariable(t *testing.T) {
-	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"} {
-		t.Setenv(v, "")
-	}
+	clearOTelEnv(t)
 	for _, tc := range []struct {
 		signal, value string
 		want          []string // exporters warned about; none for none
