@@ -403,11 +403,7 @@ func TestSandboxdDeathIsReportedWithItsCause(t *testing.T) {
 				kill   func(t *testing.T, sb *docker.Sandbox)
 				reason string
 			}{
-				{"KilledByTheEngine", func(t *testing.T, sb *docker.Sandbox) {
-					if err := imagetest.Engine(t).ContainerKill(context.Background(), sb.ContainerID(), "KILL"); err != nil {
-						t.Fatal(err)
-					}
-				}, "killed by signal SIGKILL"},
+				{"KilledByTheEngine", killByEngine, "killed by signal SIGKILL"},
 				{"KilledFromInside", func(t *testing.T, sb *docker.Sandbox) {
 					_, _ = bash(t, sb, "kill -HUP $PPID")
 				}, "killed by signal SIGHUP"},
@@ -420,15 +416,7 @@ func TestSandboxdDeathIsReportedWithItsCause(t *testing.T) {
 					sb, _ := create(t, rt, sandbox.Limits{})
 					ok(t, sb, "echo warm")
 					tc.kill(t, sb)
-					// A signal is delivered asynchronously: on a loaded
-					// machine sandboxd may answer one more call before it
-					// acts on it.
-					var err error
-					for deadline := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(deadline); {
-						if _, err = bash(t, sb, "echo unreachable"); err == nil {
-							time.Sleep(100 * time.Millisecond)
-						}
-					}
+					err := exitOf(t, sb)
 					var exit *sandbox.ExitError
 					if !errors.As(err, &exit) || exit.Reason != tc.reason {
 						t.Fatalf("err = %v, want an ExitError with reason %q", err, tc.reason)
@@ -439,6 +427,28 @@ func TestSandboxdDeathIsReportedWithItsCause(t *testing.T) {
 	}
 }
 
+// killByEngine has the engine SIGKILL the sandbox's container.
+func killByEngine(t *testing.T, sb *docker.Sandbox) {
+	t.Helper()
+	if err := imagetest.Engine(t).ContainerKill(context.Background(), sb.ContainerID(), "KILL"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// exitOf calls the sandbox until a call fails, and returns that error. A
+// signal is delivered asynchronously: on a loaded machine sandboxd may
+// answer one more call before it acts on it.
+func exitOf(t *testing.T, sb *docker.Sandbox) error {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(deadline); {
+		if _, err = bash(t, sb, "echo unreachable"); err == nil {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return err
+}
+
 func TestSandboxdKilledAfterAToolRanOutOfMemoryIsNotReportedAsOutOfMemory(t *testing.T) {
 	for _, oci := range ociRuntimes {
 		t.Run(oci, func(t *testing.T) {
@@ -447,11 +457,7 @@ func TestSandboxdKilledAfterAToolRanOutOfMemoryIsNotReportedAsOutOfMemory(t *tes
 				name string
 				kill func(t *testing.T, sb *docker.Sandbox)
 			}{
-				{"KilledByTheEngine", func(t *testing.T, sb *docker.Sandbox) {
-					if err := imagetest.Engine(t).ContainerKill(context.Background(), sb.ContainerID(), "KILL"); err != nil {
-						t.Fatal(err)
-					}
-				}},
+				{"KilledByTheEngine", killByEngine},
 				{"KilledFromInside", func(t *testing.T, sb *docker.Sandbox) {
 					_, _ = bash(t, sb, "kill -KILL $PPID")
 				}},
@@ -475,11 +481,7 @@ func TestSandboxdKilledAfterAToolRanOutOfMemoryIsNotReportedAsOutOfMemory(t *tes
 					}
 					ok(t, sb, "echo after")
 					tc.kill(t, sb)
-					for deadline := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(deadline); {
-						if _, err = bash(t, sb, "echo unreachable"); err == nil {
-							time.Sleep(100 * time.Millisecond)
-						}
-					}
+					err = exitOf(t, sb)
 					if want := "killed by signal SIGKILL"; !errors.As(err, &exit) || exit.Reason != want {
 						t.Fatalf("err = %v, want an ExitError with reason %q", err, want)
 					}
