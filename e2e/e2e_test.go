@@ -266,7 +266,10 @@ func TestTheUnmodifiedSDKWorkerCompletesScenariosOnTheRealControlPlane(t *testin
 }
 
 func TestWorkerRefusesTheProcessRuntimeUnlessAllowed(t *testing.T) {
-	out, err := exec.Command(testenv.Binary(t), "worker", "--runtime", "process", "--state-dir", t.TempDir(), "--admin-listen", "off").CombinedOutput()
+	cmd := exec.Command(testenv.Binary(t), "worker", "--runtime", "process", "--state-dir", t.TempDir(), "--admin-listen", "off")
+	// Everything else a worker needs is there: the refusal is the runtime's.
+	cmd.Env = append(os.Environ(), "ANTHROPIC_ENVIRONMENT_ID="+envID, "ANTHROPIC_ENVIRONMENT_KEY="+envKey, "ANTHROPIC_BASE_URL=http://127.0.0.1:1")
+	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--insecure-process-runtime") {
 		t.Fatalf("worker without an isolating runtime: err=%v, output:\n%s", err, out)
 	}
