@@ -96,6 +96,19 @@ func TestTheTerminalDoesNotEchoTheCommand(t *testing.T) {
 	}
 }
 
+// A command line longer than a terminal line (4095 bytes) typed right
+// after the previous command ended, before bash is back in its line
+// editor, runs whole, not cut at the terminal's limit.
+func TestALongCommandLineRunsWhole(t *testing.T) {
+	s := start(t)
+	cmd := "echo " + strings.Repeat("y", 5000) + " | wc -c"
+	for i := range 50 {
+		if out, code := run(t, s, cmd); out != "5001\n\n" || code != 0 {
+			t.Fatalf("call %d: got %d bytes ending %q, status %d; want %q", i+1, len(out), out[max(0, len(out)-20):], code, "5001\n\n")
+		}
+	}
+}
+
 func TestOutputIsCappedKeepingTheTail(t *testing.T) {
 	s := start(t)
 	out, code := run(t, s, "head -c 300000 /dev/zero | tr '\\0' a; echo; echo THE-END")

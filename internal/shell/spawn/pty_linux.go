@@ -15,9 +15,17 @@ func start(dir string, env []string) (*Proc, error) {
 	defer tty.Close()
 	// Off before bash reads its first line: its line editor then echoes
 	// nothing either, and no command comes back in the output.
+	//
+	// Canonical mode is off too. The line editor switches it off while it
+	// reads and restores the terminal's mode while a command runs; the
+	// next command is typed as soon as the last one's status is printed,
+	// which can be before bash is back in its line editor, and a canonical
+	// terminal keeps only the first 4095 bytes of a line, silently: the
+	// shell would run the truncated command.
 	var t syscall.Termios
 	if err = ioctl(tty, syscall.TCGETS, unsafe.Pointer(&t)); err == nil {
-		t.Lflag &^= syscall.ECHO
+		t.Lflag &^= syscall.ECHO | syscall.ICANON
+		t.Cc[syscall.VMIN], t.Cc[syscall.VTIME] = 1, 0
 		err = ioctl(tty, syscall.TCSETS, unsafe.Pointer(&t))
 	}
 	if err != nil {
