@@ -205,6 +205,8 @@ func (s *Session) wait(ctx context.Context, sentinel string, timeout time.Durati
 			return "", -1, ctx.Err()
 		case <-s.done:
 			return "", -1, ErrTerminated
+		case <-s.proc.Exited():
+			return "", -1, ErrTerminated
 		case <-s.notify:
 		case <-timer.C:
 			timedOut = true

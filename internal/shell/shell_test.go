@@ -179,6 +179,28 @@ func TestAShellThatExitsIsReportedTerminated(t *testing.T) {
 	}
 }
 
+// A shell that exits while something it started in a session of its own
+// keeps the terminal open is reported as it exits, not at the timeout.
+func TestAShellThatExitsLeavingTheTerminalHeldIsReportedTerminated(t *testing.T) {
+	s := start(t)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	begin := time.Now()
+	_, _, err := s.Exec(context.Background(), "setsid sh -c 'echo $$ >"+pidFile+"; exec sleep 60' & sleep 0.2; exit", 10*time.Second)
+	if !errors.Is(err, shell.ErrTerminated) {
+		t.Errorf("got %v, want %v", err, shell.ErrTerminated)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("reported after %v", d)
+	}
+}
+
 func TestCloseKillsWhatTheShellStarted(t *testing.T) {
 	s := start(t)
 	pidFile := filepath.Join(t.TempDir(), "pid")

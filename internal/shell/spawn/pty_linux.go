@@ -42,7 +42,24 @@ func start(dir string, env []string) (*Proc, error) {
 		ptmx.Close()
 		return nil, startError{err}
 	}
-	return &Proc{PTY: ptmx, Process: proc, Dir: dir}, nil
+	exited := make(chan struct{})
+	go awaitExit(proc.Pid, exited)
+	return &Proc{PTY: ptmx, Process: proc, Dir: dir, exited: exited}, nil
+}
+
+// awaitExit closes exited when the process pid has exited. It leaves the
+// process to be reaped by Kill (WNOWAIT), so that its id, which is also
+// its group's, is not reused before Kill has killed the group.
+func awaitExit(pid int, exited chan<- struct{}) {
+	defer close(exited)
+	const pPID = 1     // P_PID
+	var info [128]byte // siginfo_t
+	for {
+		_, _, errno := syscall.Syscall6(syscall.SYS_WAITID, pPID, uintptr(pid), uintptr(unsafe.Pointer(&info[0])), syscall.WEXITED|syscall.WNOWAIT, 0, 0)
+		if errno != syscall.EINTR {
+			return
+		}
+	}
 }
 
 // openPTY opens a new terminal pair, as creack/pty does on Linux.

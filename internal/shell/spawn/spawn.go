@@ -37,7 +37,13 @@ type Proc struct {
 	PTY     *os.File // the terminal's controlling side: the shell's input and output
 	Process *os.Process
 	Dir     string // its first working directory
+	exited  chan struct{}
 }
+
+// Exited is closed when the shell has exited. That is not when its
+// terminal ends: a process it left behind in a session of its own can
+// keep the terminal open.
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
 
 // Bash starts /bin/bash --noprofile --norc in dir with exactly env plus
 // the variables that keep its output parseable (an empty prompt, a dumb
