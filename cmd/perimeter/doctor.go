@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -15,7 +14,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
-func newDoctorCmd(g *globals) *cobra.Command {
+func newDoctorCmd() *cobra.Command {
 	var stateDir string
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -29,12 +28,11 @@ works here works for that worker. Prints which runtime a worker with no
 runtime configured would pick. Exits non-zero when no isolating runtime works.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load()
+			// The worker's settings as a worker with these flags has them.
+			cfg, err := resolveConfig(cmd, stateDir)
 			if err != nil {
 				return err
 			}
-			// As the worker's --state-dir does.
-			cfg.Worker.StateDir = cmp.Or(stateDir, cfg.Worker.StateDir, "perimeter-state")
 			return runDoctor(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}

@@ -82,7 +82,7 @@ Offline control plane for development and tests:
 		newControlPlaneCmd(g),
 		newSandboxdCmd(),
 		newDemoCmd(g),
-		newDoctorCmd(g),
+		newDoctorCmd(),
 		newImageCmd(g),
 		newApprovalsCmd(),
 		newPolicyCmd(),
