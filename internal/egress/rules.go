@@ -313,10 +313,12 @@ func (rs ruleSet) checkHost(name string, ip netip.Addr, port int) decision {
 	}
 	for _, r := range matched {
 		if r.unrestricted() {
-			return decision{rule: r.name, host: r.matched(name, ip)}
+			return r.decide("")
 		}
 	}
-	return decision{rule: matched[0].name, host: matched[0].matched(name, ip), inspect: true}
+	d = matched[0].decide("")
+	d.inspect = true
+	return d
 }
 
 // checkRequest decides one HTTP request.
@@ -327,28 +329,40 @@ func (rs ruleSet) checkRequest(name string, ip netip.Addr, port int, method, p s
 	}
 	for _, r := range matched {
 		if r.allowsMethod(method) && r.allowsPath(p) {
-			return decision{rule: r.name, host: r.matched(name, ip)}
+			return r.decide("")
 		}
 	}
 	r := matched[0]
 	if !r.allowsMethod(method) {
-		return decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows %s only (add %s to its methods to allow this)",
-			r.name, strings.Join(r.methods, ", "), method)}
+		return r.decide(fmt.Sprintf("rule %q allows %s only (add %s to its methods to allow this)",
+			r.name, strings.Join(r.methods, ", "), method))
 	}
 	if !canonicalPath(p) {
-		return decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows some paths only, and the path %q is not canonical (dot segments, repeated slashes or backslashes)",
-			r.name, p)}
+		return r.decide(fmt.Sprintf("rule %q allows some paths only, and the path %q is not canonical (dot segments, repeated slashes or backslashes)",
+			r.name, p))
 	}
-	return decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows paths %s only (add a prefix of %s to its path prefixes to allow this)",
-		r.name, strings.Join(r.prefixes, ", "), p)}
+	return r.decide(fmt.Sprintf("rule %q allows paths %s only (add a prefix of %s to its path prefixes to allow this)",
+		r.name, strings.Join(r.prefixes, ", "), p))
+}
+
+// ruleMatch is a rule whose hosts match a request's host, with the entry
+// of its hosts that matched.
+type ruleMatch struct {
+	*rule
+	host string
+}
+
+// decide is the rule's decision: allowed when reason is "".
+func (m ruleMatch) decide(reason string) decision {
+	return decision{rule: m.name, host: m.host, reason: reason}
 }
 
 // match returns the rules that match the host and port, or a refusal.
-func (rs ruleSet) match(name string, ip netip.Addr, port int) ([]*rule, decision) {
-	var byHost []*rule
+func (rs ruleSet) match(name string, ip netip.Addr, port int) ([]ruleMatch, decision) {
+	var byHost []ruleMatch
 	for _, r := range rs {
-		if matchAny(r.hosts, name, ip) {
-			byHost = append(byHost, r)
+		if h := r.matched(name, ip); h != "" {
+			byHost = append(byHost, ruleMatch{r, h})
 		}
 	}
 	if len(byHost) == 0 {
@@ -357,7 +371,7 @@ func (rs ruleSet) match(name string, ip netip.Addr, port int) ([]*rule, decision
 		}
 		return nil, decision{reason: fmt.Sprintf("no egress rule allows host %s (add it under egress.allow in the policy)", name)}
 	}
-	var matched []*rule
+	var matched []ruleMatch
 	for _, r := range byHost {
 		if slices.Contains(r.ports, port) {
 			matched = append(matched, r)
@@ -369,8 +383,8 @@ func (rs ruleSet) match(name string, ip netip.Addr, port int) ([]*rule, decision
 		for i, p := range r.ports {
 			ports[i] = strconv.Itoa(p)
 		}
-		return nil, decision{rule: r.name, host: r.matched(name, ip), reason: fmt.Sprintf("rule %q allows host %s on ports %s only (add %d to its ports to allow this)",
-			r.name, name, strings.Join(ports, ", "), port)}
+		return nil, r.decide(fmt.Sprintf("rule %q allows host %s on ports %s only (add %d to its ports to allow this)",
+			r.name, name, strings.Join(ports, ", "), port))
 	}
 	return matched, decision{}
 }
