@@ -173,12 +173,22 @@ func signalEnabled(signal string, enabled bool) bool {
 	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") {
 		return false
 	}
-	if exporter := strings.TrimSpace(os.Getenv("OTEL_" + signal + "_EXPORTER")); exporter != "" {
-		return slices.ContainsFunc(strings.Split(exporter, ","), func(e string) bool {
-			return strings.EqualFold(strings.TrimSpace(e), "otlp")
-		})
+	if list := exporters(signal); len(list) > 0 {
+		return slices.ContainsFunc(list, func(e string) bool { return strings.EqualFold(e, "otlp") })
 	}
 	return enabled || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
+}
+
+// exporters is the list OTEL_<SIGNAL>_EXPORTER gives, without blanks;
+// empty when the variable is not set.
+func exporters(signal string) []string {
+	var list []string
+	for _, e := range strings.Split(os.Getenv("OTEL_"+signal+"_EXPORTER"), ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			list = append(list, e)
+		}
+	}
+	return list
 }
 
 // warnUnsupportedExporters logs a warning for each exporter that
@@ -194,9 +204,8 @@ func warnUnsupportedExporters(log *slog.Logger, signal string) {
 	if signal == "METRICS" {
 		supported += "; metrics are also served at /metrics"
 	}
-	for _, e := range strings.Split(os.Getenv(variable), ",") {
-		e = strings.TrimSpace(e)
-		if e == "" || strings.EqualFold(e, "otlp") || strings.EqualFold(e, "none") {
+	for _, e := range exporters(signal) {
+		if strings.EqualFold(e, "otlp") || strings.EqualFold(e, "none") {
 			continue
 		}
 		log.Warn(fmt.Sprintf("%s lists %q, which Perimeter does not support; it is ignored, and without otlp in the list nothing of the signal goes out over OTLP (supported: %s)", variable, e, supported),
