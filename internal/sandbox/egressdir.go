@@ -24,7 +24,15 @@ func NewEgressDir(dir string, bundle []byte) (*Egress, net.Listener, error) {
 		return nil, nil, err
 	}
 	e := &Egress{Socket: EgressSocketPath(dir), CABundle: filepath.Join(dir, "ca.pem"), CABundlePEM: bundle}
-	err := os.WriteFile(e.CABundle, bundle, 0o644)
+	// The modes are set, not left to the umask: a host's 027 would keep
+	// the sandbox's uid from the directory and the bundle.
+	err := os.Chmod(dir, 0o711)
+	if err == nil {
+		err = os.WriteFile(e.CABundle, bundle, 0o644)
+	}
+	if err == nil {
+		err = os.Chmod(e.CABundle, 0o644)
+	}
 	var l net.Listener
 	if err == nil {
 		l, err = net.Listen("unix", e.Socket)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/perimeterhq/perimeter/internal/testenv"
@@ -15,6 +16,9 @@ import (
 // bundle any uid may read and a socket any uid may connect to; when it
 // cannot finish, it leaves nothing.
 func TestNewEgressDir(t *testing.T) {
+	// A hardened host's umask (027) must not take away what a sandbox,
+	// which runs as another uid, needs.
+	defer syscall.Umask(syscall.Umask(0o027))
 	base := testenv.ShortDir(t)
 	dir := filepath.Join(base, "s")
 	eg, l, err := NewEgressDir(dir, []byte("ROOTS"))

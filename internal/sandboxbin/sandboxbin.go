@@ -64,14 +64,19 @@ func Path(dir string) (string, error) {
 func install(dir string, bin []byte) (string, error) {
 	sum := sha256.Sum256(bin)
 	path := filepath.Join(dir, "perimeter-sandboxd-"+hex.EncodeToString(sum[:8]))
+	// Searchable by the sandboxes' uids whatever the umask, or an earlier
+	// worker under another umask, made it.
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return "", fmt.Errorf("sandboxd binary: %w", err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return "", fmt.Errorf("sandboxd binary: %w", err)
+	}
 	if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, bin) {
 		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == 0o755 {
 			return path, nil
 		}
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("sandboxd binary: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return "", fmt.Errorf("sandboxd binary: %w", err)
 	}
 	tmp, err := os.CreateTemp(dir, ".perimeter-sandboxd-*")
