@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-deps check bench
+.PHONY: help build image demo test test-deps check bench
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,6 +17,9 @@ build: ## Build the static binary at ./bin/perimeter
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/perimeter-sandboxd ./cmd/perimeter-sandboxd
 	printf '{"Replace":{"%s":"%s"}}' "$(CURDIR)/internal/sandboxbin/slim/perimeter-sandboxd" "$(CURDIR)/bin/perimeter-sandboxd" > bin/overlay.json
 	CGO_ENABLED=0 $(GO) build -overlay bin/overlay.json -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/perimeter
+
+image: build ## Build the worker's container image perimeter:$(VERSION), offline (docs/deploy.md)
+	scripts/worker-image.sh $(BIN) perimeter:$(VERSION) perimeter:latest
 
 demo: build ## Run the quickstart scenario end to end on the embedded control plane, offline
 	./$(BIN) demo

@@ -37,37 +37,15 @@ func TestCanaryInAWarmSandbox(t *testing.T) {
 func testCanary(t *testing.T, runtime string, warm bool) {
 	canary := "canary-e2e-" + fmt.Sprint(time.Now().UnixNano())
 
-	var mu sync.Mutex
-	var received []string
-	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		received = append(received, r.Header.Get("Authorization"))
-		mu.Unlock()
-		// Echo it back: the proxy must redact the value on the way in.
-		fmt.Fprintf(w, "upstream saw %s\n", r.Header.Get("Authorization"))
-	}))
-	defer up.Close()
-	_, port, _ := net.SplitHostPort(up.Listener.Addr().String())
+	up := newCanaryUpstream(t)
+	port := up.port
 
 	dir := t.TempDir()
 	// The worker verifies the upstream with the roots SSL_CERT_FILE names.
 	roots := filepath.Join(dir, "upstream-ca.pem")
-	if err := os.WriteFile(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, roots, up.rootsPEM())
 	policy := filepath.Join(dir, "policy.yaml")
-	writeFile(t, policy, `version: 1
-default: {decision: allow}
-egress:
-  rules:
-    - name: echo upstream
-      hosts: [127.0.0.1]
-      ports: [`+port+`]
-  credentials:
-    - secret: canary
-      env: CANARY_TOKEN
-      hosts: [127.0.0.1]
-`)
+	writeFile(t, policy, up.policy())
 	pool := "0"
 	if warm {
 		pool = "1"
@@ -107,11 +85,7 @@ secrets:
 	w.stop(t)
 	noContainersOf(t, "e2e-canary-"+filepathBase(state))
 
-	mu.Lock()
-	if len(received) != 1 || received[0] != "Bearer "+canary {
-		t.Errorf("the upstream received %q, want the real value once", received)
-	}
-	mu.Unlock()
+	up.wantReceivedOnce(t, "Bearer "+canary)
 	for _, ev := range events(t, op, id) {
 		raw, _ := json.Marshal(ev)
 		if strings.Contains(string(raw), canary) {
@@ -165,6 +139,60 @@ secrets:
 	}
 	if egressSpans < 2 {
 		t.Errorf("%d egress spans exported, want one per request (at least 2)", egressSpans)
+	}
+}
+
+// canaryUpstream is the HTTPS upstream of the e2e-canary scenario: it
+// records the Authorization header of each request and echoes it back,
+// which the egress proxy must redact on the way in.
+type canaryUpstream struct {
+	*httptest.Server
+	port     string
+	mu       sync.Mutex
+	received []string
+}
+
+func newCanaryUpstream(t *testing.T) *canaryUpstream {
+	u := &canaryUpstream{}
+	u.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.received = append(u.received, r.Header.Get("Authorization"))
+		u.mu.Unlock()
+		fmt.Fprintf(w, "upstream saw %s\n", r.Header.Get("Authorization"))
+	}))
+	t.Cleanup(u.Close)
+	_, u.port, _ = net.SplitHostPort(u.Listener.Addr().String())
+	return u
+}
+
+// rootsPEM is the certificate a worker verifies the upstream with.
+func (u *canaryUpstream) rootsPEM() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: u.Certificate().Raw}))
+}
+
+// policy allows every call, and egress to the upstream only, with the
+// canary secret substituted for its placeholder there.
+func (u *canaryUpstream) policy() string {
+	return `version: 1
+default: {decision: allow}
+egress:
+  rules:
+    - name: echo upstream
+      hosts: [127.0.0.1]
+      ports: [` + u.port + `]
+  credentials:
+    - secret: canary
+      env: CANARY_TOKEN
+      hosts: [127.0.0.1]
+`
+}
+
+func (u *canaryUpstream) wantReceivedOnce(t *testing.T, auth string) {
+	t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.received) != 1 || u.received[0] != auth {
+		t.Errorf("the upstream received %q, want the real value once", u.received)
 	}
 }
 

@@ -14,6 +14,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 # bwrap sandboxes share the host's /usr: the egress and escape suites drive
 # python3 inside them.
 [ -x /usr/bin/python3 ] || need+=(python3)
+# The worker's image (scripts/worker-image.sh) carries the host's CA bundle.
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v pg_ctlcluster >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-deps: installing ${need[*]}"
