@@ -341,6 +341,11 @@ func checkWorkerImage(t *testing.T, tag string) {
 	if err != nil || !strings.HasPrefix(string(out), "perimeter version ") {
 		t.Errorf("docker run %s --version: %v\n%s", tag, err, out)
 	}
+	version := strings.TrimPrefix(strings.TrimSpace(string(out)), "perimeter version ")
+	label, _ := exec.Command("docker", "image", "inspect", "--format", `{{index .Config.Labels "org.opencontainers.image.version"}}`, tag).Output()
+	if got := strings.TrimSpace(string(label)); got != version || got == "" {
+		t.Errorf("the image's org.opencontainers.image.version is %q, want the binary's %q", got, version)
+	}
 	if out, err := exec.Command("docker", "run", "--rm", "--entrypoint", "/bin/sh", tag, "-c", "true").CombinedOutput(); err == nil {
 		t.Errorf("the worker image runs /bin/sh:\n%s", out)
 	}

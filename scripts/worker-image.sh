@@ -29,6 +29,12 @@ install -m 0755 "$bin" "$root/usr/local/bin/perimeter"
 install -m 0644 "$ca" "$root/etc/ssl/certs/ca-certificates.crt"
 cp "$(dirname "$0")/../deploy/Dockerfile" "$ctx/Dockerfile"
 
+version=$("$bin" --version)
+version=${version##* }
 tags=()
 for t in "$@"; do tags+=(-t "$t"); done
-docker build -q "${tags[@]}" "$ctx"
+docker build -q "${tags[@]}" \
+  --label org.opencontainers.image.title=perimeter \
+  --label org.opencontainers.image.description="Perimeter environment worker for Claude Managed Agents" \
+  --label org.opencontainers.image.version="$version" \
+  "$ctx"
