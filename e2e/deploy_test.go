@@ -265,12 +265,11 @@ func TestTheWorkerImageRunsTheManifestsPod(t *testing.T) {
 	args = append(args, tag)
 	args = append(args, c.Args...)
 	// What differs from the pod: this test's state directory and admin
-	// address, a policy that allows the scenarios' calls and egress, and
-	// plain runc (Debian's gVisor fails the quickstart's ls; the gVisor
-	// suites cover it).
+	// address, and a policy that allows the scenarios' calls and egress.
+	// The runtime is the manifest's: the strongest the worker finds it can
+	// start a sandbox in, from inside its container.
 	args = append(args, "--state-dir", state, "--admin-listen", admin,
-		"--policy", filepath.Join(mountPath(t, c, "config"), "e2e-policy.yaml"),
-		"--runtime", "docker", "--max-idle", "2s")
+		"--policy", filepath.Join(mountPath(t, c, "config"), "e2e-policy.yaml"), "--max-idle", "2s")
 	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -326,7 +325,7 @@ func TestTheWorkerImageRunsTheManifestsPod(t *testing.T) {
 	if bytes.Contains(logs, []byte(canary)) {
 		t.Error("the worker container's log contains the real value")
 	}
-	for _, want := range []string{"runtime=docker", `msg="egress request"`, filepath.Join(state, "bin", "perimeter-sandboxd-")} {
+	for _, want := range []string{`msg="picked the strongest sandbox runtime this host offers" runtime=docker`, `msg="egress request"`, filepath.Join(state, "bin", "perimeter-sandboxd-")} {
 		if !bytes.Contains(logs, []byte(want)) {
 			t.Errorf("the worker container's log lacks %s", want)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/perimeterhq/perimeter/internal/checkpoint"
 	"github.com/perimeterhq/perimeter/internal/config"
 	"github.com/perimeterhq/perimeter/internal/sandbox"
+	"github.com/perimeterhq/perimeter/internal/worker"
 )
 
 func newDoctorCmd() *cobra.Command {
@@ -47,7 +48,13 @@ func runDoctor(ctx context.Context, cfg *config.Config, out io.Writer) error {
 	// The sandboxd the worker starts: a runtime that works only with
 	// another binary (say one its sandbox user cannot reach) does not work.
 	fmt.Fprintf(tw, "sandboxd\n")
-	bin, binErr := sandboxdBinary(cfg.Worker.StateDir)
+	// The state directory as the worker makes it: sandboxes reach their
+	// sandboxd and the probes' workspaces through it.
+	binErr := worker.PrepareStateDir(cfg.Worker.StateDir)
+	var bin string
+	if binErr == nil {
+		bin, binErr = sandboxdBinary(cfg.Worker.StateDir)
+	}
 	switch {
 	case binErr != nil:
 		fmt.Fprintf(tw, "  \u2717\tinstalled\t%v\n", binErr)

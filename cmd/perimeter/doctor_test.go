@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,5 +112,31 @@ func TestDoctorProvesEachRuntimeWithTheSandboxdTheWorkerRuns(t *testing.T) {
 	bwrap, _, _ = strings.Cut(bwrap, "\ncheckpoints\n")
 	if strings.Contains(bwrap, "\u2713") && strings.Contains(bwrap, "works") && !strings.Contains(bwrap, "\u2717") {
 		t.Errorf("doctor says bwrap works, but its sandbox user cannot reach the worker's sandboxd in %s:\n%s", state, bwrap)
+	}
+}
+
+// Under a hardened umask (027) doctor makes the state directory as the
+// worker does, so it finds bwrap working where the worker will.
+func TestDoctorMakesTheStateDirectoryAsTheWorkerDoes(t *testing.T) {
+	testenv.Need(t, os.Geteuid() == 0, "root (bwrap then runs sandboxes as an unprivileged uid)")
+	_, err := exec.LookPath("bwrap")
+	testenv.Need(t, err == nil, "bubblewrap (apt-get install bubblewrap)")
+	// Made 0700, as a state directory created under umask 077 would be.
+	state := testenv.ShortDir(t)
+	config := filepath.Join(t.TempDir(), "perimeter.yaml")
+	if err := os.WriteFile(config, []byte("version: 1\nsandbox:\n  image: "+imagetest.Image(t)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(testenv.Binary(t), "doctor", "--config", config, "--state-dir", state)
+	old := syscall.Umask(0o027)
+	out, err := cmd.CombinedOutput()
+	syscall.Umask(old)
+	_, bwrap, _ := strings.Cut(string(out), "\nbwrap\n")
+	bwrap, _, _ = strings.Cut(bwrap, "\ncheckpoints\n")
+	if !regexp.MustCompile("\u2713 +works").MatchString(bwrap) {
+		t.Errorf("doctor (%v) finds bwrap not working under umask 027:\n%s", err, out)
+	}
+	if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o711 {
+		t.Errorf("state directory: %v, %v; want mode 0711", fi.Mode(), err)
 	}
 }

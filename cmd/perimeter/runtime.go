@@ -183,9 +183,12 @@ func newRuntime(ctx context.Context, name, bin string, cfg *config.Config, log *
 
 // probe proves a runtime works here: it starts a sandbox, runs a command
 // that stats and lists files (an old gVisor rejects a newer coreutils'
-// statx, which would break every `ls`), and removes it.
+// statx, which would break every `ls`), and removes it. The sandbox's
+// workspace is in the state directory, as a session's is: a worker in a
+// container shares that directory, not its /tmp, with the Docker engine
+// that mounts it.
 func probe(ctx context.Context, rt sandbox.Runtime, cfg *config.Config) error {
-	dir, err := os.MkdirTemp("", "perimeter-probe-")
+	dir, err := os.MkdirTemp(cfg.Worker.StateDir, ".probe-")
 	if err != nil {
 		return err
 	}
