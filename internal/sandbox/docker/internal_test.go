@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
 
@@ -77,24 +78,29 @@ func TestUnescapeMount(t *testing.T) {
 
 func TestOOMWatchBlamesOnlyKillsSandboxdDidNotOutlive(t *testing.T) {
 	const answeredAt = 1 // the counter when sandboxd last answered
+	newKill := func(w *oomWatch, counter string) {
+		writeOOMKills(t, counter, answeredAt+1)
+		w.oomEvent()
+	}
 	tests := []struct {
 		name    string
 		counted bool
 		events  func(w *oomWatch, counter string)
+		late    bool // the events come after the die event
 		want    bool
 	}{
-		{"NoEvent", true, func(w *oomWatch, _ string) {}, false},
-		{"LateEventOfAnAnsweredKill", true, func(w *oomWatch, _ string) { w.oomEvent(); w.oomEvent() }, false},
-		{"NewKill", true, func(w *oomWatch, counter string) {
-			writeOOMKills(t, counter, answeredAt+1)
-			w.oomEvent()
-		}, true},
+		{"NoEvent", true, func(w *oomWatch, _ string) {}, false, false},
+		{"LateEventOfAnAnsweredKill", true, func(w *oomWatch, _ string) { w.oomEvent(); w.oomEvent() }, false, false},
+		{"NewKill", true, newKill, false, true},
+		// The engine may relay the exit before the OOM (gVisor).
+		{"NewKillAfterTheDieEvent", true, newKill, true, true},
 		{"KillAsTheCgroupWentAway", true, func(w *oomWatch, counter string) {
 			os.Remove(counter)
 			w.oomEvent()
-		}, true},
-		{"UncountedEarlierEvent", false, func(w *oomWatch, _ string) {}, false},
-		{"UncountedNewEvent", false, func(w *oomWatch, _ string) { w.oomEvent() }, true},
+		}, false, true},
+		{"UncountedEarlierEvent", false, func(w *oomWatch, _ string) {}, false, false},
+		{"UncountedNewEvent", false, func(w *oomWatch, _ string) { w.oomEvent() }, false, true},
+		{"UncountedNewEventAfterTheDieEvent", false, func(w *oomWatch, _ string) { w.oomEvent() }, true, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,8 +115,19 @@ func TestOOMWatchBlamesOnlyKillsSandboxdDidNotOutlive(t *testing.T) {
 			writeOOMKills(t, counter, answeredAt)
 			w.oomEvent()
 			w.callReturned((&oomCounter{file: counter}).count())
-			tc.events(w, counter)
-			w.end(false)
+			// As watch does: the die event, then events for lateOOM.
+			if tc.late {
+				w.end(false)
+				go func() {
+					time.Sleep(20 * time.Millisecond)
+					tc.events(w, counter)
+					close(w.settled)
+				}()
+			} else {
+				tc.events(w, counter)
+				w.end(false)
+				close(w.settled)
+			}
 			if got := w.killedSinceAnswer(t.Context()); got != tc.want {
 				t.Errorf("killedSinceAnswer = %v, want %v", got, tc.want)
 			}
@@ -120,6 +137,7 @@ func TestOOMWatchBlamesOnlyKillsSandboxdDidNotOutlive(t *testing.T) {
 		w := newOOMWatch()
 		w.setCounter(nil)
 		w.end(true)
+		close(w.settled)
 		if !w.killedSinceAnswer(t.Context()) {
 			t.Error("with the events lost, killedSinceAnswer = false; want the engine's flag to decide")
 		}

@@ -124,7 +124,8 @@ func (c *oomCounter) count() (n uint64, ok bool) {
 // kill whose event arrives after the call that caused it has returned
 // counts as a later one.
 type oomWatch struct {
-	died chan struct{} // closed on the engine's die event, or when the events are lost
+	died    chan struct{} // closed on the engine's die event, or when the events are lost
+	settled chan struct{} // closed when the watch stops listening (lateOOM after the die event)
 
 	mu         sync.Mutex  // guards the fields below
 	counter    *oomCounter // nil until sandboxd answers, or when the cgroup cannot be read
@@ -137,12 +138,21 @@ type oomWatch struct {
 	diedOnce   sync.Once
 }
 
-func newOOMWatch() *oomWatch { return &oomWatch{died: make(chan struct{})} }
+// lateOOM is how long the watch still listens after the die event. The
+// engine relays containerd's out-of-memory and exit events as each comes,
+// and under gVisor, whose kernel is the one process the host's OOM killer
+// kills, the exit can come first.
+const lateOOM = time.Second
+
+func newOOMWatch() *oomWatch {
+	return &oomWatch{died: make(chan struct{}), settled: make(chan struct{})}
+}
 
 // watch follows the container's events until its die event or ctx's end.
 // since is a time before the container was created, so no event is missed
 // between the creation and the subscription.
 func (w *oomWatch) watch(ctx context.Context, cli *client.Client, id string, since time.Time, log *slog.Logger) {
+	defer close(w.settled)
 	msgs, errs := cli.Events(ctx, events.ListOptions{
 		Since: strconv.FormatInt(since.Unix()-1, 10),
 		Filters: filters.NewArgs(
@@ -152,6 +162,7 @@ func (w *oomWatch) watch(ctx context.Context, cli *client.Client, id string, sin
 			filters.Arg("event", string(events.ActionDie)),
 		),
 	})
+	var late <-chan time.Time // after the die event: the rest of lateOOM
 	for {
 		select {
 		case m := <-msgs:
@@ -160,9 +171,16 @@ func (w *oomWatch) watch(ctx context.Context, cli *client.Client, id string, sin
 				w.oomEvent()
 			case events.ActionDie:
 				w.end(false)
-				return
+				if late == nil {
+					late = time.After(lateOOM)
+				}
 			}
+		case <-late:
+			return
 		case err := <-errs:
+			if late != nil {
+				return // the sandbox is being closed after its death
+			}
 			if ctx.Err() == nil {
 				log.Debug("lost the engine's events for the sandbox: an out-of-memory death will be told from another only by the engine's flag", slog.Any("error", err))
 			}
@@ -221,15 +239,25 @@ func (w *oomWatch) answered(kills uint64, ok bool) {
 
 // killedSinceAnswer reports whether a process of the stopped container
 // was OOM-killed after sandboxd last answered. It waits, within ctx, for
-// the engine's die event, which the engine sends after the oom events of
-// the container; when it cannot tell, it says yes, leaving the engine's
-// flag to decide.
+// the engine's die event and, while no kill is known, for an oom event
+// that trails it (lateOOM); when it cannot tell, it says yes, leaving the
+// engine's flag to decide.
 func (w *oomWatch) killedSinceAnswer(ctx context.Context) bool {
 	select {
 	case <-w.died:
 	case <-ctx.Done():
 		return true
 	}
+	if !w.killed() {
+		select {
+		case <-w.settled:
+		case <-ctx.Done():
+		}
+	}
+	return w.killed()
+}
+
+func (w *oomWatch) killed() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
