@@ -16,7 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/perimeterhq/perimeter/internal/sqlitedb"
 )
 
 // State is where a decision stands.
@@ -139,11 +140,10 @@ func OpenAt(ctx context.Context, location string) (*Store, error) {
 // Open opens (creating if needed) the SQLite store in dir/approvals.db.
 func Open(dir string) (*Store, error) {
 	path := filepath.Join(dir, "approvals.db")
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)")
+	db, err := sqlitedb.Open(path, 10000)
 	if err != nil {
 		return nil, fmt.Errorf("open approvals store %s: %w", path, err)
 	}
-	db.SetMaxOpenConns(1)
 	if err := createSchema(context.Background(), db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open approvals store %s: %w", path, err)

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
-
 	"github.com/perimeterhq/perimeter/internal/controlplane/scenario"
+	"github.com/perimeterhq/perimeter/internal/sqlitedb"
 )
 
 // tsLayout is every timestamp the control plane stores and returns: RFC 3339
@@ -117,11 +116,13 @@ CREATE INDEX IF NOT EXISTS work_session ON work(session_id);
 // SQLITE_BUSY. Callers must therefore finish a query (close its rows) before
 // starting another outside the same transaction.
 func openDB(path string) (*sql.DB, error) {
-	dsn := ":memory:"
-	if path != "" && path != ":memory:" {
-		dsn = "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)"
+	var db *sql.DB
+	var err error
+	if path == "" || path == ":memory:" {
+		db, err = sql.Open("sqlite", ":memory:")
+	} else {
+		db, err = sqlitedb.Open(path, 5000, "foreign_keys(ON)")
 	}
-	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"github.com/perimeterhq/perimeter/internal/sqlitedb"
 )
 
 // journal is the worker's durable record of tool calls, keyed by the
@@ -53,11 +53,10 @@ type record struct {
 
 func openJournal(stateDir string) (*journal, error) {
 	path := filepath.Join(stateDir, "journal.db")
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)")
+	db, err := sqlitedb.Open(path, 10000)
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
-	db.SetMaxOpenConns(1)
 	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS calls (
 		tool_use_id  TEXT PRIMARY KEY,
 		session_id   TEXT NOT NULL,
