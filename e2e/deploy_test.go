@@ -445,7 +445,45 @@ func TestSystemdUnitMatchesTheBinary(t *testing.T) {
 	if err != nil || stop <= 30*time.Second {
 		t.Errorf("TimeoutStopSec=%s, want more than the default drain_timeout (30s)", unit["TimeoutStopSec"])
 	}
+	// The worker sends READY=1 (TestWorkerTellsSystemdItIsReadyOnceSIGHUPReloads);
+	// SIGTERM goes to it alone, which closes its sandboxes as it drains.
+	if unit["Type"] != "notify" || unit["KillMode"] != "mixed" {
+		t.Errorf("Type=%s KillMode=%s, want notify and mixed", unit["Type"], unit["KillMode"])
+	}
+	// The mode the worker gives its state directory (sandboxes search it).
+	if unit["StateDirectoryMode"] != "0711" {
+		t.Errorf("StateDirectoryMode=%s, want 0711", unit["StateDirectoryMode"])
+	}
 	if unit["KillSignal"] != "SIGTERM" || !strings.Contains(unit["ExecReload"], "-HUP") {
 		t.Errorf("KillSignal=%s ExecReload=%s: SIGTERM drains, SIGHUP reloads the policy", unit["KillSignal"], unit["ExecReload"])
+	}
+}
+
+// TestWorkerTellsSystemdItIsReadyOnceSIGHUPReloads: started as the unit's
+// Type=notify service, the worker sends READY=1 only once SIGHUP reloads
+// its policy, so `systemctl reload` (which systemd sends only after
+// READY) never meets the signal's default action, which ends a process;
+// nor does a SIGHUP during the drain.
+func TestWorkerTellsSystemdItIsReadyOnceSIGHUPReloads(t *testing.T) {
+	sock := filepath.Join(testenv.ShortDir(t), "notify")
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cp := startControlPlane(t, t.TempDir(), "")
+	w := startWorkerEnv(t, cp.url, stateDir(t), []string{"NOTIFY_SOCKET=" + sock})
+	_ = l.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 256)
+	n, err := l.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("from NOTIFY_SOCKET: %q, %v; want READY=1", buf[:n], err)
+	}
+	w.signal(sighup)
+	w.waitLog(regexp.MustCompile(`msg="policy reloaded"`))
+	w.signal(sigterm)
+	w.signal(sighup)
+	if code := w.wait(60 * time.Second); code != 0 {
+		t.Errorf("worker exited %d after SIGTERM and a SIGHUP while draining, want 0", code)
 	}
 }

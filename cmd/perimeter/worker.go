@@ -100,6 +100,9 @@ Example, against the embedded control plane:
   perimeter worker --insecure-process-runtime --policy examples/policies/allow-all.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// SIGHUP reloads the policy once there is one; until then it
+			// does nothing, where its default action would end the worker.
+			signal.Ignore(syscall.SIGHUP)
 			cfg, err := g.load()
 			if err != nil {
 				return err
@@ -178,7 +181,26 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		defer srv.Close()
 		log.Info("admin listening", slog.String("addr", ln.Addr().String()))
 	}
+	notifyReady(log)
 	return w.Run(audit.ParentFromEnv(ctx))
+}
+
+// notifyReady tells systemd, when it started the worker as a Type=notify
+// service, that the worker is up: from now on SIGHUP reloads the policy,
+// and `systemctl reload` may send it. Outside systemd it does nothing.
+func notifyReady(log *slog.Logger) {
+	addr := os.Getenv("NOTIFY_SOCKET") // a leading @ is an abstract socket, as Go reads it
+	if addr == "" {
+		return
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err == nil {
+		_, err = c.Write([]byte("READY=1"))
+		c.Close()
+	}
+	if err != nil {
+		log.Warn("could not tell systemd that the worker is ready", slog.String("NOTIFY_SOCKET", addr), slog.Any("error", err))
+	}
 }
 
 // telemetryFlushTimeout bounds the export of what telemetry holds when the
@@ -367,7 +389,9 @@ func reloadOnHUP(cfg *config.Config, gate *approval.Gate, log *slog.Logger) (sto
 			log.Info("policy reloaded", slog.String("policy", p.Source()), slog.String("sha256", p.Digest()))
 		}
 	}()
-	return func() { signal.Stop(hup); close(done) }
+	// Once stopped (the worker is exiting), SIGHUP is ignored again
+	// rather than ending the process before it has flushed what it holds.
+	return func() { signal.Ignore(syscall.SIGHUP); close(done) }
 }
 
 // defaultWorkerID is stable across restarts of a worker on one host with
