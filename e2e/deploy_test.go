@@ -287,8 +287,10 @@ func TestTheWorkerImageRunsTheManifestsPod(t *testing.T) {
 		code, _ := probe("http://" + admin + c.ReadinessProbe.HTTPGet.Path)
 		return code == http.StatusOK
 	})
-	if code, body := probe("http://" + admin + c.LivenessProbe.HTTPGet.Path); code != http.StatusOK {
-		t.Errorf("liveness probe: %d %s", code, body)
+	for what, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "startup": c.StartupProbe} {
+		if code, body := probe("http://" + admin + p.HTTPGet.Path); code != http.StatusOK {
+			t.Errorf("%s probe: %d %s", what, code, body)
+		}
 	}
 
 	quick, canaryID := newSession(t, op, "quickstart"), newSession(t, op, "e2e-canary")

@@ -15,10 +15,6 @@ ca=/etc/ssl/certs/ca-certificates.crt
 [ -x "$bin" ] || { echo "worker-image: $bin is not an executable (run make build)" >&2; exit 1; }
 [ -s "$ca" ] || { echo "worker-image: no CA bundle at $ca (apt-get install ca-certificates)" >&2; exit 1; }
 command -v docker >/dev/null || { echo "worker-image: no docker command (apt-get install docker.io)" >&2; exit 1; }
-if file -b "$bin" 2>/dev/null | grep -q "dynamically linked"; then
-  echo "worker-image: $bin is dynamically linked; the image has no libc (build with CGO_ENABLED=0, as make build does)" >&2
-  exit 1
-fi
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
@@ -38,3 +34,8 @@ docker build -q "${tags[@]}" \
   --label org.opencontainers.image.description="Perimeter environment worker for Claude Managed Agents" \
   --label org.opencontainers.image.version="$version" \
   "$ctx"
+# The image has no libc: a binary built with cgo would not start in it.
+if ! docker run --rm --network none "$1" --version >/dev/null; then
+  echo "worker-image: $bin does not run in the image; build it static (CGO_ENABLED=0, as make build does)" >&2
+  exit 1
+fi
