@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -488,4 +489,77 @@ func TestWorkerTellsSystemdItIsReadyOnceSIGHUPReloads(t *testing.T) {
 	if code := w.wait(60 * time.Second); code != 0 {
 		t.Errorf("worker exited %d after SIGTERM and a SIGHUP while draining, want 0", code)
 	}
+}
+
+// TestSandboxesStartedWithTheWorkerDoNotInheritAnIgnoredSIGHUP: the worker
+// holds SIGHUP while it starts, and a warm sandbox it starts meanwhile
+// must not inherit the signal ignored (an exec keeps SIG_IGN): the
+// agent's programs would then outlive a hang-up they expect to end them.
+func TestSandboxesStartedWithTheWorkerDoNotInheritAnIgnoredSIGHUP(t *testing.T) {
+	ok, what := bwrapReady()
+	testenv.Need(t, ok, what)
+	cfg := filepath.Join(t.TempDir(), "worker.yaml")
+	writeFile(t, cfg, "version: 1\nsandbox:\n  warm_pool: 1\n")
+	cp := startControlPlane(t, t.TempDir(), "")
+	w := startWorker(t, cp.url, stateDir(t), "--config", cfg, "--runtime", "bwrap")
+	w.waitLog(regexp.MustCompile(`msg="warm sandbox ready"`))
+	var checked int
+	for _, pid := range descendants(t, w.cmd.Process.Pid) {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(status)) {
+			if hex, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+				mask, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checked++
+				if mask&(1<<(syscall.SIGHUP-1)) != 0 {
+					cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+					t.Errorf("process %d (%s) of the warm sandbox ignores SIGHUP", pid, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
+				}
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("found no process of the warm sandbox")
+	}
+	w.stop(t)
+}
+
+// descendants lists the processes below pid.
+func descendants(t *testing.T, pid int) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := map[int]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid …; comm may hold spaces and parentheses.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) > 1 {
+			parent[p], _ = strconv.Atoi(fields[1])
+		}
+	}
+	var out []int
+	for p := range parent {
+		for q := parent[p]; q > 1; q = parent[q] {
+			if q == pid {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out
 }

@@ -102,7 +102,9 @@ Example, against the embedded control plane:
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// SIGHUP reloads the policy once there is one; until then it
 			// does nothing, where its default action would end the worker.
-			signal.Ignore(syscall.SIGHUP)
+			// A handler rather than SIG_IGN: sandboxes started meanwhile
+			// (the warm pool's) would inherit an ignored SIGHUP.
+			signal.Notify(startingHUP, syscall.SIGHUP)
 			cfg, err := g.load()
 			if err != nil {
 				return err
@@ -370,6 +372,7 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 func reloadOnHUP(cfg *config.Config, gate *approval.Gate, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	signal.Stop(startingHUP)
 	done := make(chan struct{})
 	go func() {
 		for {
@@ -389,10 +392,15 @@ func reloadOnHUP(cfg *config.Config, gate *approval.Gate, log *slog.Logger) (sto
 			log.Info("policy reloaded", slog.String("policy", p.Source()), slog.String("sha256", p.Digest()))
 		}
 	}()
-	// Once stopped (the worker is exiting), SIGHUP is ignored again
-	// rather than ending the process before it has flushed what it holds.
-	return func() { signal.Ignore(syscall.SIGHUP); close(done) }
+	// Once stopped (the worker is exiting), SIGHUP still arrives at hup,
+	// unread, rather than ending the process before it has flushed what
+	// it holds.
+	return func() { close(done) }
 }
+
+// startingHUP takes the SIGHUPs that come while the worker starts, before
+// reloadOnHUP does; they are dropped, the policy being loaded at start.
+var startingHUP = make(chan os.Signal, 1)
 
 // defaultWorkerID is stable across restarts of a worker on one host with
 // one state directory, so a restarted worker finds and removes the
