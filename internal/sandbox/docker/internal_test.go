@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -128,18 +129,28 @@ func TestOOMWatchBlamesOnlyKillsSandboxdDidNotOutlive(t *testing.T) {
 				w.end(false)
 				close(w.settled)
 			}
-			if got := w.killedSinceAnswer(t.Context()); got != tc.want {
-				t.Errorf("killedSinceAnswer = %v, want %v", got, tc.want)
+			if got, known := w.killedSinceAnswer(t.Context()); got != tc.want || !known {
+				t.Errorf("killedSinceAnswer = %v, %v; want %v, known", got, known, tc.want)
 			}
 		})
 	}
+	t.Run("NoVerdictBeforeTheContextEnds", func(t *testing.T) {
+		w := newOOMWatch()
+		w.setCounter(nil)
+		w.end(false) // the die event; the watch still listens
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+		defer cancel()
+		if _, known := w.killedSinceAnswer(ctx); known {
+			t.Error("killedSinceAnswer gave a verdict before the watch settled; want the engine's flag to decide")
+		}
+	})
 	t.Run("EventsLost", func(t *testing.T) {
 		w := newOOMWatch()
 		w.setCounter(nil)
 		w.end(true)
 		close(w.settled)
-		if !w.killedSinceAnswer(t.Context()) {
-			t.Error("with the events lost, killedSinceAnswer = false; want the engine's flag to decide")
+		if _, known := w.killedSinceAnswer(t.Context()); known {
+			t.Error("with the events lost, killedSinceAnswer claims to know; want the engine's flag to decide")
 		}
 	})
 }

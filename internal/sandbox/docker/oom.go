@@ -240,32 +240,34 @@ func (w *oomWatch) answered(kills uint64, ok bool) {
 // killedSinceAnswer reports whether a process of the stopped container
 // was OOM-killed after sandboxd last answered. It waits, within ctx, for
 // the engine's die event and, while no kill is known, for an oom event
-// that trails it (lateOOM); when it cannot tell, it says yes, leaving the
-// engine's flag to decide.
-func (w *oomWatch) killedSinceAnswer(ctx context.Context) bool {
+// that trails it (lateOOM). known is false when it cannot tell (the
+// events were lost, or ctx ended first): the engine's flag decides then.
+func (w *oomWatch) killedSinceAnswer(ctx context.Context) (killed, known bool) {
 	select {
 	case <-w.died:
 	case <-ctx.Done():
-		return true
+		return false, false
 	}
-	if !w.killed() {
-		select {
-		case <-w.settled:
-		case <-ctx.Done():
-		}
+	if killed, known := w.killed(); killed || !known {
+		return killed, known
+	}
+	select {
+	case <-w.settled:
+	case <-ctx.Done():
+		return false, false
 	}
 	return w.killed()
 }
 
-func (w *oomWatch) killed() bool {
+func (w *oomWatch) killed() (killed, known bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
 	case w.lost:
-		return true
+		return false, false
 	case w.counter != nil:
-		return w.kills > w.seenKills || w.gone
+		return w.kills > w.seenKills || w.gone, true
 	default:
-		return w.events > w.seenEvents
+		return w.events > w.seenEvents, true
 	}
 }
