@@ -453,6 +453,10 @@ func TestSystemdUnitMatchesTheBinary(t *testing.T) {
 	if unit["Type"] != "notify" || unit["KillMode"] != "mixed" {
 		t.Errorf("Type=%s KillMode=%s, want notify and mixed", unit["Type"], unit["KillMode"])
 	}
+	// READY=1 comes after the runtime probes: a minute each at most.
+	if start, err := time.ParseDuration(unit["TimeoutStartSec"] + "s"); err != nil || start < 3*time.Minute {
+		t.Errorf("TimeoutStartSec=%s, want room for three runtime probes", unit["TimeoutStartSec"])
+	}
 	// The mode the worker gives its state directory (sandboxes search it).
 	if unit["StateDirectoryMode"] != "0711" {
 		t.Errorf("StateDirectoryMode=%s, want 0711", unit["StateDirectoryMode"])

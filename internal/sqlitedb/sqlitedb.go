@@ -26,7 +26,7 @@ func Open(path string, busyMillis int, pragmas ...string) (*sql.DB, error) {
 	if err := private(path); err != nil {
 		return nil, err
 	}
-	dsn := fmt.Sprintf("file:%s?_pragma=journal_mode(WAL)&_pragma=busy_timeout(%d)&_pragma=synchronous(NORMAL)", path, busyMillis)
+	dsn := fmt.Sprintf("file:%s?_pragma=journal_mode(WAL)&_pragma=busy_timeout(%d)&_pragma=synchronous(NORMAL)", uriPath.Replace(path), busyMillis)
 	for _, p := range pragmas {
 		dsn += "&_pragma=" + p
 	}
@@ -38,12 +38,13 @@ func Open(path string, busyMillis int, pragmas ...string) (*sql.DB, error) {
 	return db, nil
 }
 
+// uriPath escapes what SQLite's file: URIs would read as other than the
+// path: SQLite opens the file private made, whatever its name.
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+
 // private creates path empty with mode 0600, or sets that mode on the
 // file and on the -wal and -shm files beside it.
 func private(path string) error {
-	if strings.ContainsAny(path, "?#") {
-		return fmt.Errorf("%s: a database path cannot hold ? or #", path)
-	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
