@@ -348,6 +348,12 @@ func checkWorkerImage(t *testing.T, tag string) {
 	if got := strings.TrimSpace(string(label)); got != version || got == "" {
 		t.Errorf("the image's org.opencontainers.image.version is %q, want the binary's %q", got, version)
 	}
+	// Its commands read the image's config ($PERIMETER_CONFIG): the state
+	// directory is /var/lib/perimeter, not ./perimeter-state.
+	out, _ = exec.Command("docker", "run", "--rm", tag, "audit", "verify").CombinedOutput()
+	if !strings.Contains(string(out), "/var/lib/perimeter/audit") {
+		t.Errorf("perimeter audit verify in the image does not look in /var/lib/perimeter:\n%s", out)
+	}
 	if out, err := exec.Command("docker", "run", "--rm", "--entrypoint", "/bin/sh", tag, "-c", "true").CombinedOutput(); err == nil {
 		t.Errorf("the worker image runs /bin/sh:\n%s", out)
 	}

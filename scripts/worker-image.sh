@@ -23,6 +23,16 @@ install -d "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/var/lib/perimeter"
 install -d -m 1777 "$root/tmp"
 install -m 0755 "$bin" "$root/usr/local/bin/perimeter"
 install -m 0644 "$ca" "$root/etc/ssl/certs/ca-certificates.crt"
+cat > "$root/etc/perimeter/perimeter.yaml" <<'YAML'
+# The worker image's default config ($PERIMETER_CONFIG): mount your own over
+# /etc/perimeter (examples/perimeter.yaml documents every key). The state
+# directory must be the same path on the host, whose Docker engine mounts
+# each session's workspace from it.
+version: 1
+worker:
+  state_dir: /var/lib/perimeter
+YAML
+chmod 0644 "$root/etc/perimeter/perimeter.yaml"
 cp "$(dirname "$0")/../deploy/Dockerfile" "$ctx/Dockerfile"
 
 version=$("$bin" --version)

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -74,7 +75,7 @@ Offline control plane for development and tests:
 		SilenceErrors: true,
 		Version:       version,
 	}
-	root.PersistentFlags().StringVar(&g.configPath, "config", "", "path to the YAML config file (see examples/perimeter.yaml)")
+	root.PersistentFlags().StringVar(&g.configPath, "config", "", "path to the YAML config file (default $PERIMETER_CONFIG; see examples/perimeter.yaml)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.AddCommand(
@@ -92,9 +93,9 @@ Offline control plane for development and tests:
 	return root
 }
 
-// load reads the config file named by --config.
+// load reads the config file named by --config, else by $PERIMETER_CONFIG.
 func (g *globals) load() (*config.Config, error) {
-	return config.Load(g.configPath)
+	return config.Load(cmp.Or(g.configPath, os.Getenv("PERIMETER_CONFIG")))
 }
 
 // logger builds the process logger, on standard error, from --log-level

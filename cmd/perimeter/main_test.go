@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
 // A first SIGTERM asks for a graceful stop; a second one, sent while the
@@ -86,4 +89,28 @@ func TestEveryFlagsHelpNamesItsValueInOneWord(t *testing.T) {
 		}
 	}
 	visit(newRootCmd())
+}
+
+// PERIMETER_CONFIG names the config file of every command run without
+// --config (the worker image sets it); --config wins over it.
+func TestThePerimeterConfigVariableNamesTheConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	fromEnv, fromFlag := filepath.Join(dir, "env-state"), filepath.Join(dir, "flag-state")
+	for name, state := range map[string]string{"env.yaml": fromEnv, "flag.yaml": fromFlag} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("version: 1\nworker:\n  state_dir: "+state+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(args ...string) string {
+		cmd := exec.Command(testenv.Binary(t), append([]string{"audit", "verify"}, args...)...)
+		cmd.Env = append(os.Environ(), "PERIMETER_CONFIG="+filepath.Join(dir, "env.yaml"))
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if out := run(); !strings.Contains(out, filepath.Join(fromEnv, "audit")) {
+		t.Errorf("without --config, audit verify did not read $PERIMETER_CONFIG's state_dir %s:\n%s", fromEnv, out)
+	}
+	if out := run("--config", filepath.Join(dir, "flag.yaml")); !strings.Contains(out, filepath.Join(fromFlag, "audit")) {
+		t.Errorf("--config did not win over $PERIMETER_CONFIG:\n%s", out)
+	}
 }
