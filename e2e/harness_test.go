@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -174,6 +175,12 @@ func startWorkerEnv(t *testing.T, baseURL, stateDir string, env []string, extra 
 		"--max-sessions", "8", "--max-idle", "2s", "--tool-timeout", "10s", "--drain-timeout", "15s",
 		// Tests that exercise the gate pass their own --policy (the last wins).
 		"--policy", "../examples/policies/allow-all.yaml"}, extra...)
+	// A test that fails midway kills the worker (startProc's cleanup, which
+	// runs first), leaving its sandbox containers; remove them after.
+	if i := slices.Index(args, "--worker-id"); i >= 0 && i+1 < len(args) {
+		id := args[i+1]
+		t.Cleanup(func() { removeContainers(containersOf(id)) })
+	}
 	p := startProc(t, "worker", append([]string{
 		"ANTHROPIC_BASE_URL=" + baseURL,
 		"ANTHROPIC_ENVIRONMENT_ID=" + envID,

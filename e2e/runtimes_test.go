@@ -124,12 +124,24 @@ func (w *worker) stop(t *testing.T) {
 // (none is expected where Docker is absent), and removes any it finds.
 func noContainersOf(t *testing.T, workerID string) {
 	t.Helper()
+	if ids := containersOf(workerID); len(ids) > 0 {
+		t.Errorf("containers of worker %s left behind: %v", workerID, ids)
+		removeContainers(ids)
+	}
+}
+
+// containersOf lists the Docker containers labelled with workerID, none
+// where Docker is absent.
+func containersOf(workerID string) []string {
 	out, err := exec.Command("docker", "ps", "-aq", "--filter", "label=dev.perimeter.worker="+workerID).Output()
 	if err != nil {
-		return
+		return nil
 	}
-	if ids := strings.Fields(string(out)); len(ids) > 0 {
-		t.Errorf("containers of worker %s left behind: %v", workerID, ids)
+	return strings.Fields(string(out))
+}
+
+func removeContainers(ids []string) {
+	if len(ids) > 0 {
 		_ = exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
 	}
 }
