@@ -18,7 +18,7 @@ build: ## Build the static binary at ./bin/perimeter
 	printf '{"Replace":{"%s":"%s"}}' "$(CURDIR)/internal/sandboxbin/slim/perimeter-sandboxd" "$(CURDIR)/bin/perimeter-sandboxd" > bin/overlay.json
 	CGO_ENABLED=0 $(GO) build -overlay bin/overlay.json -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/perimeter
 
-image: build ## Build the worker's container image perimeter:$(VERSION), offline (docs/deploy.md)
+image: build ## Build the worker's container image perimeter:<version> (and :latest), offline (docs/deploy.md)
 	scripts/worker-image.sh $(BIN) perimeter:$(VERSION) perimeter:latest
 
 demo: build ## Run the quickstart scenario end to end on the embedded control plane, offline
