@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/perimeterhq/perimeter/internal/config"
+	"github.com/perimeterhq/perimeter/internal/sandbox"
 	"github.com/perimeterhq/perimeter/internal/testenv"
 )
 
@@ -285,11 +286,15 @@ func TestTheWorkerImageRunsTheManifestsPod(t *testing.T) {
 
 	// The kubelet's probes.
 	waitFor(t, "the worker container's readiness probe", func() bool {
-		code, _ := probe("http://" + admin + c.ReadinessProbe.HTTPGet.Path)
-		return code == http.StatusOK
+		resp, err := http.Get("http://" + admin + c.ReadinessProbe.HTTPGet.Path)
+		if err != nil {
+			return false // not listening yet
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
 	})
 	for what, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "startup": c.StartupProbe} {
-		if code, body := probe("http://" + admin + p.HTTPGet.Path); code != http.StatusOK {
+		if code, body := httpGet(t, "http://"+admin+p.HTTPGet.Path); code != http.StatusOK {
 			t.Errorf("%s probe: %d %s", what, code, body)
 		}
 	}
@@ -297,7 +302,7 @@ func TestTheWorkerImageRunsTheManifestsPod(t *testing.T) {
 	quick, canaryID := newSession(t, op, "quickstart"), newSession(t, op, "e2e-canary")
 	waitPassed(t, op, quick)
 	waitPassed(t, op, canaryID)
-	if code, body := probe("http://" + admin + "/metrics"); code != http.StatusOK || !strings.Contains(body, "perimeter_") {
+	if code, body := httpGet(t, "http://"+admin+"/metrics"); code != http.StatusOK || !strings.Contains(body, "perimeter_") {
 		t.Errorf("/metrics: %d, %d bytes", code, len(body))
 	}
 
@@ -411,17 +416,6 @@ func mountPath(t *testing.T, c corev1.Container, volume string) string {
 	return ""
 }
 
-func probe(url string) (int, string) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	_, _ = b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.String()
-}
-
 // TestSystemdUnitMatchesTheBinary checks the shipped unit against the
 // binary it starts: every flag of its command line exists, and systemd
 // waits for the drain before it kills. (systemd itself is not run here.)
@@ -514,7 +508,7 @@ func TestSandboxesStartedWithTheWorkerDoNotInheritAnIgnoredSIGHUP(t *testing.T) 
 	w := startWorker(t, cp.url, stateDir(t), "--config", cfg, "--runtime", "bwrap")
 	w.waitLog(regexp.MustCompile(`msg="warm sandbox ready"`))
 	var checked int
-	for _, pid := range descendants(t, w.cmd.Process.Pid) {
+	for _, pid := range descendants(w.cmd.Process.Pid) {
 		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
 			continue
@@ -540,36 +534,10 @@ func TestSandboxesStartedWithTheWorkerDoNotInheritAnIgnoredSIGHUP(t *testing.T) 
 }
 
 // descendants lists the processes below pid.
-func descendants(t *testing.T, pid int) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	parent := map[int]int{}
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid …; comm may hold spaces and parentheses.
-		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(fields) > 1 {
-			parent[p], _ = strconv.Atoi(fields[1])
-		}
-	}
+func descendants(pid int) []int {
 	var out []int
-	for p := range parent {
-		for q := parent[p]; q > 1; q = parent[q] {
-			if q == pid {
-				out = append(out, p)
-				break
-			}
-		}
+	for _, child := range sandbox.ChildrenOf(pid) {
+		out = append(append(out, child), descendants(child)...)
 	}
 	return out
 }
