@@ -23,6 +23,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/perimeterhq/perimeter/internal/sandbox"
 )
 
 // EmbedPath is where, relative to this package, the build puts the slim
@@ -64,12 +66,8 @@ func Path(dir string) (string, error) {
 func install(dir string, bin []byte) (string, error) {
 	sum := sha256.Sum256(bin)
 	path := filepath.Join(dir, "perimeter-sandboxd-"+hex.EncodeToString(sum[:8]))
-	// Searchable by the sandboxes' uids whatever the umask, or an earlier
-	// worker under another umask, made it.
-	if err := os.MkdirAll(dir, 0o711); err != nil {
-		return "", fmt.Errorf("sandboxd binary: %w", err)
-	}
-	if err := os.Chmod(dir, 0o711); err != nil {
+	// Searchable by the sandboxes' uids.
+	if err := sandbox.MkdirMode(dir, 0o711); err != nil {
 		return "", fmt.Errorf("sandboxd binary: %w", err)
 	}
 	if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, bin) {

@@ -423,7 +423,7 @@ func (w *Worker) workspace(sessionID string) (string, error) {
 	// sandbox running as an unprivileged host uid (bwrap under a root
 	// worker) must reach its own workspace, and nothing else.
 	parent := filepath.Join(w.opts.StateDir, "workspaces")
-	if err := mkdirMode(parent, 0o711); err != nil {
+	if err := sandbox.MkdirMode(parent, 0o711); err != nil {
 		return "", fmt.Errorf("create workspace: %w", err)
 	}
 	dir := filepath.Join(parent, sessionID)
@@ -431,13 +431,4 @@ func (w *Worker) workspace(sessionID string) (string, error) {
 		return "", fmt.Errorf("create workspace: %w", err)
 	}
 	return dir, nil
-}
-
-// mkdirMode creates dir (and parents) and sets its mode exactly, whatever
-// the umask or an earlier version made it.
-func mkdirMode(dir string, mode os.FileMode) error {
-	if err := os.MkdirAll(dir, mode); err != nil {
-		return err
-	}
-	return os.Chmod(dir, mode)
 }

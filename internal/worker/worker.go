@@ -364,7 +364,7 @@ func (w *Worker) image() string {
 // that sandboxes running as another host uid reach their own workspace and
 // the sandboxd binary in it, and nothing else (see workspace).
 func PrepareStateDir(dir string) error {
-	if err := mkdirMode(dir, 0o711); err != nil {
+	if err := sandbox.MkdirMode(dir, 0o711); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	return nil
