@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -159,5 +160,43 @@ func writeOOMKills(t *testing.T, file string, n int) {
 	t.Helper()
 	if err := os.WriteFile(file, fmt.Appendf(nil, "oom_kill_disable 0\nunder_oom 0\noom_kill %d\n", n), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The reason given for a stopped container: the watch's verdict on a
+// SIGKILL, the engine's flag only when the watch cannot tell.
+func TestOOMWatchExplainsADeathFromTheContainersState(t *testing.T) {
+	sigkill := 128 + int(syscall.SIGKILL)
+	tests := []struct {
+		name    string
+		st      container.State
+		watch   func(w *oomWatch) // after sandboxd's last answer
+		wantWhy string
+	}{
+		{"AnOOMEventAfterTheExitBeforeTheEngineSetItsFlag", container.State{ExitCode: sigkill},
+			func(w *oomWatch) {
+				w.end(false)
+				go func() { w.oomEvent(); close(w.settled) }()
+			}, sandbox.ReasonOOM},
+		{"AKillAfterAToolsOOMThatSandboxdOutlived", container.State{ExitCode: sigkill, OOMKilled: true},
+			func(w *oomWatch) { w.end(false); close(w.settled) }, "killed by signal SIGKILL"},
+		{"TheEventsLostLeaveItToTheFlag", container.State{ExitCode: sigkill, OOMKilled: true},
+			func(w *oomWatch) { w.end(true); close(w.settled) }, sandbox.ReasonOOM},
+		{"NotASIGKILL", container.State{ExitCode: 128 + int(syscall.SIGTERM), OOMKilled: true},
+			func(w *oomWatch) { w.end(false); close(w.settled) }, "killed by signal SIGTERM"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newOOMWatch()
+			w.setCounter(nil)
+			w.oomEvent() // a tool's memory bomb, which sandboxd outlived
+			w.callReturned(0, false)
+			tc.watch(w)
+			st := tc.st
+			w.explain(t.Context(), &st)
+			if got := exitReason(&st); got != tc.wantWhy {
+				t.Errorf("reason %q, want %q", got, tc.wantWhy)
+			}
+		})
 	}
 }

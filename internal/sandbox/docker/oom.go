@@ -10,8 +10,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
@@ -234,6 +236,22 @@ func (w *oomWatch) answered(kills uint64, ok bool) {
 		w.kills = max(w.kills, kills)
 		w.seenKills = w.kills
 		w.gone = false
+	}
+}
+
+// explain sets st.OOMKilled, for a stopped container, to whether an
+// out-of-memory kill explains its death. The engine's flag stays set once
+// anything in the container was OOM-killed, and is set only when the
+// engine has the OOM event, which may come after the exit: the watch says
+// whether a kill came after sandboxd last answered, and the flag decides
+// only when the watch cannot tell. An OOM kill is a SIGKILL; no other
+// death waits for the watch.
+func (w *oomWatch) explain(ctx context.Context, st *container.State) {
+	if st.ExitCode != 128+int(syscall.SIGKILL) {
+		return
+	}
+	if killed, known := w.killedSinceAnswer(ctx); known {
+		st.OOMKilled = killed
 	}
 }
 

@@ -194,17 +194,7 @@ func (s *Sandbox) exitReason() string {
 			return "container removed"
 		case err == nil && ins.State != nil && !ins.State.Running:
 			st := *ins.State
-			// The engine's flag stays set once anything in the container
-			// was OOM-killed, and is set only when the engine has the OOM
-			// event, which may come after the exit: the watch says whether
-			// a kill came after sandboxd last answered, and the flag
-			// decides only when the watch cannot tell. An OOM kill is a
-			// SIGKILL; no other death waits for the watch.
-			if st.ExitCode == 128+int(syscall.SIGKILL) {
-				if killed, known := s.ooms.killedSinceAnswer(ctx); known {
-					st.OOMKilled = killed
-				}
-			}
+			s.ooms.explain(ctx, &st)
 			return exitReason(&st)
 		}
 		select {
