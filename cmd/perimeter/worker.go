@@ -101,10 +101,11 @@ Example, against the embedded control plane:
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// SIGHUP reloads the policy once there is one; until then it
-			// does nothing, where its default action would end the worker.
-			// A handler rather than SIG_IGN: sandboxes started meanwhile
-			// (the warm pool's) would inherit an ignored SIGHUP.
-			signal.Notify(startingHUP, syscall.SIGHUP)
+			// is taken and dropped, where its default action would end
+			// the worker. A handler rather than SIG_IGN: sandboxes started
+			// meanwhile (the warm pool's) would inherit an ignored SIGHUP.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
 			cfg, err := g.load()
 			if err != nil {
 				return err
@@ -120,15 +121,16 @@ Example, against the embedded control plane:
 			if err != nil {
 				return err
 			}
-			return runWorker(cmd.Context(), cfg, log)
+			return runWorker(cmd.Context(), cfg, log, hup)
 		},
 	}
 	f.register(cmd)
 	return cmd
 }
 
-// runWorker runs a worker with its admin listener until ctx ends.
-func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+// runWorker runs a worker with its admin listener until ctx ends; hup
+// receives SIGHUP.
+func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan os.Signal) error {
 	// Export failures go to the process log as it is written to stderr,
 	// not to the OpenTelemetry log exporter that may be what fails.
 	reportExportErrors(log)
@@ -155,7 +157,7 @@ func runWorker(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer closeWorker()
-	stopReload := reloadOnHUP(cfg, gate, log)
+	stopReload := reloadOnHUP(hup, cfg, gate, log)
 	defer stopReload()
 
 	if addr := cfg.Worker.AdminListen; addr != "off" {
@@ -367,12 +369,16 @@ func newWorker(ctx context.Context, cfg *config.Config, envKey string, log *slog
 	}, nil
 }
 
-// reloadOnHUP reloads the policy file on SIGHUP. A policy that does not
-// load is logged and the one in force is kept; sessions are not touched.
-func reloadOnHUP(cfg *config.Config, gate *approval.Gate, log *slog.Logger) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	signal.Stop(startingHUP)
+// reloadOnHUP reloads the policy file on each SIGHUP hup receives. A
+// policy that does not load is logged and the one in force is kept;
+// sessions are not touched.
+func reloadOnHUP(hup <-chan os.Signal, cfg *config.Config, gate *approval.Gate, log *slog.Logger) (stop func()) {
+	// A SIGHUP that came while the worker started is dropped: the policy
+	// in force was loaded during the start.
+	select {
+	case <-hup:
+	default:
+	}
 	done := make(chan struct{})
 	go func() {
 		for {
@@ -397,10 +403,6 @@ func reloadOnHUP(cfg *config.Config, gate *approval.Gate, log *slog.Logger) (sto
 	// it holds.
 	return func() { close(done) }
 }
-
-// startingHUP takes the SIGHUPs that come while the worker starts, before
-// reloadOnHUP does; they are dropped, the policy being loaded at start.
-var startingHUP = make(chan os.Signal, 1)
 
 // defaultWorkerID is stable across restarts of a worker on one host with
 // one state directory, so a restarted worker finds and removes the
