@@ -129,7 +129,7 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	h := w.Header()
 	copyHeader(h, resp.Header)
 	stream := streaming(resp)
-	body := &filter{src: resp.Body, full: !stream}
+	body := &filter{src: resp.Body, full: !stream, ahead: !stream, abort: resp.Body.Close}
 	defer body.release()
 	m := p.redactor.Load()
 	if m != nil {
@@ -163,7 +163,9 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 				p.fail(w, rec, what, "the upstream's gzip body is not valid: "+err.Error())
 				return
 			}
-			defer zr.Close()
+			// Not closed: Close does not close the body under it, and
+			// the body's release (which ends a read ahead) is all the
+			// reader needs.
 			body.src = zr
 			body.m, body.reload = m, p.redactor.Load
 			h.Del("Content-Encoding")

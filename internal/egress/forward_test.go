@@ -25,13 +25,13 @@ func TestCopyBodyDeliversEveryPieceInOrder(t *testing.T) {
 			copy(text[at:], value)
 		}
 		want, _ := m.replace(string(text))
-		for _, stream := range []bool{false, true} {
+		for _, mode := range []struct{ stream, ahead bool }{{true, false}, {false, false}, {false, true}} {
 			rec := httptest.NewRecorder()
-			f := &filter{src: iotest.HalfReader(bytes.NewReader(text)), m: m, full: !stream}
-			n, err := copyBody(rec, f, stream, nil)
+			f := &filter{src: iotest.HalfReader(bytes.NewReader(text)), m: m, full: !mode.stream, ahead: mode.ahead}
+			n, err := copyBody(rec, f, mode.stream, nil)
 			f.release()
 			if err != nil || n != int64(len(want)) || rec.Body.String() != want {
-				t.Fatalf("size %d, stream %v: wrote %d of %d bytes, %v", size, stream, n, len(want), err)
+				t.Fatalf("size %d, %+v: wrote %d of %d bytes, %v", size, mode, n, len(want), err)
 			}
 		}
 	}

@@ -251,10 +251,19 @@ type filter struct {
 	// full makes each fill read at least chunk bytes: fewer, larger scans
 	// and writes, for a body whose reader does not wait for it.
 	full bool
+	// ahead, with full, reads the rest of the source in a goroutine of its
+	// own once a first read shows there is more (readAhead), so that
+	// decrypting what the upstream sends next overlaps scanning and
+	// encrypting what the filter passed on. abort, if set, unblocks that
+	// goroutine's read when the filter is released before the end (closing
+	// a response body does).
+	ahead bool
+	abort func() error
+	pre   *readAhead
 	// in is the input: in[:lent] is being returned as it is (out is a
 	// slice of it), and after it comes a held tail, then new reads.
 	in     []byte
-	pooled *[]byte // in's first buffer, from inputBuffers, until release
+	pooled *[]byte // the buffer from inputBuffers that in is (or was) in, until release
 	lent   int
 	buf    []byte // output with replacements; out may be a slice of it
 	out    []byte // what Read returns next
@@ -312,9 +321,13 @@ func (f *filter) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
-// release returns the input buffer to the pool; the filter is not used
-// after.
+// release ends a read ahead and returns the input buffers to the pool;
+// the filter is not used after.
 func (f *filter) release() {
+	if f.pre != nil {
+		f.pre.close(f.abort)
+		f.pre = nil
+	}
 	if f.pooled != nil {
 		inputBuffers.Put(f.pooled)
 	}
@@ -322,27 +335,15 @@ func (f *filter) release() {
 }
 
 func (f *filter) fill() {
-	if f.lent > 0 {
-		f.in = f.in[:copy(f.in, f.in[f.lent:])]
-		f.lent = 0
-	}
-	if cap(f.in)-len(f.in) < chunk+readSlack {
-		if f.in == nil && f.pooled == nil {
-			f.pooled = inputBuffers.Get().(*[]byte)
-			f.in = (*f.pooled)[:0]
-		} else {
-			f.in = append(make([]byte, 0, len(f.in)+chunk+readSlack+tailRoom), f.in...)
+	var err error
+	if f.pre != nil {
+		err = f.takePiece()
+	} else {
+		err = f.read()
+		if err == nil && f.full && f.ahead {
+			f.pre = startReadAhead(f.src)
 		}
 	}
-	room := f.in[len(f.in):cap(f.in)]
-	var n int
-	var err error
-	if f.full {
-		n, err = readAtLeast(f.src, room, chunk)
-	} else {
-		n, err = f.src.Read(room)
-	}
-	f.in = f.in[:len(f.in)+n]
 	final := err != nil
 	if f.reload != nil {
 		f.m = f.reload()
@@ -369,6 +370,56 @@ func (f *filter) fill() {
 	if final {
 		f.err = err
 	}
+}
+
+// read appends to the input what the source gives, after the tail held
+// from the last fill.
+func (f *filter) read() error {
+	if f.lent > 0 {
+		f.in = f.in[:copy(f.in, f.in[f.lent:])]
+		f.lent = 0
+	}
+	if cap(f.in)-len(f.in) < chunk+readSlack {
+		if f.in == nil && f.pooled == nil {
+			f.pooled = inputBuffers.Get().(*[]byte)
+			f.in = (*f.pooled)[:0]
+		} else {
+			f.in = append(make([]byte, 0, len(f.in)+chunk+readSlack+tailRoom), f.in...)
+		}
+	}
+	room := f.in[len(f.in):cap(f.in)]
+	var n int
+	var err error
+	if f.full {
+		n, err = readAtLeast(f.src, room, chunk)
+	} else {
+		n, err = f.src.Read(room)
+	}
+	f.in = f.in[:len(f.in)+n]
+	return err
+}
+
+// takePiece makes the next piece read ahead the input, after the tail
+// held from the last fill, which goes into the room left before the piece
+// (a longer one makes the input a copy). The buffer the input was in goes
+// back to the reading goroutine.
+func (f *filter) takePiece() error {
+	p := <-f.pre.filled
+	tail := f.in[f.lent:]
+	f.lent = 0
+	if len(tail) > tailRoom {
+		f.in = append(append(make([]byte, 0, len(tail)+p.n), tail...), p.data()...)
+		f.pre.free <- p.buf
+		return p.err
+	}
+	start := tailRoom - len(tail)
+	copy((*p.buf)[start:tailRoom], tail)
+	f.in = (*p.buf)[start : tailRoom+p.n]
+	if f.pooled != nil {
+		f.pre.free <- f.pooled
+	}
+	f.pooled = p.buf
+	return p.err
 }
 
 // readAtLeast reads into b until it holds min bytes or r fails, and

@@ -1,0 +1,100 @@
+package egress
+
+import "io"
+
+// readAhead reads a source into pooled buffers in a goroutine of its own,
+// a piece or two ahead of the filter that scans them. On an intercepted
+// download the proxy decrypts what the upstream sends, scans it, and
+// encrypts it again for the sandbox; in one goroutine those steps take
+// turns on one CPU, which makes the proxy the slowest stage between the
+// upstream and the sandbox. Split in two, decrypting the next piece
+// overlaps encrypting this one.
+//
+// Each piece is read tailRoom bytes into its buffer: the filter puts the
+// tail it held back from the piece before into that room, so the piece
+// is scanned where it was read, without a copy.
+type readAhead struct {
+	src    io.Reader
+	filled chan piece    // pieces read, in order; the last carries an error
+	free   chan *[]byte  // buffers to read into
+	stop   chan struct{} // closed when the filter is released
+	done   chan struct{} // closed when the goroutine reads no more
+}
+
+// piece is one read: (*buf)[tailRoom:tailRoom+n], and the source's error.
+type piece struct {
+	buf *[]byte
+	n   int
+	err error
+}
+
+func (p piece) data() []byte { return (*p.buf)[tailRoom : tailRoom+p.n] }
+
+// aheadBuffers is how many buffers a readAhead and its filter share: one
+// the filter scans and writes from, one read and waiting, one being read
+// into. The filter brings one, the buffer of its first read.
+const aheadBuffers = 3
+
+func startReadAhead(src io.Reader) *readAhead {
+	a := &readAhead{
+		src:    src,
+		filled: make(chan piece, aheadBuffers),
+		free:   make(chan *[]byte, aheadBuffers),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	for range aheadBuffers - 1 {
+		a.free <- inputBuffers.Get().(*[]byte)
+	}
+	go a.run()
+	return a
+}
+
+// run reads until the source fails (io.EOF at its end) or the filter is
+// released. Each read takes at least chunk bytes, as a full filter's do.
+// done is closed before the last piece is handed over, so that a filter
+// which has it knows there is no read left to end.
+func (a *readAhead) run() {
+	for {
+		var buf *[]byte
+		select {
+		case buf = <-a.free:
+		case <-a.stop:
+			close(a.done)
+			return
+		}
+		n, err := readAtLeast(a.src, (*buf)[tailRoom:cap(*buf)], chunk)
+		if err != nil {
+			close(a.done)
+		}
+		a.filled <- piece{buf: buf, n: n, err: err}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// close stops the goroutine and waits for it, calling abort to end a read
+// it may be blocked in, and puts the buffers back in the pool. The filter
+// hands no buffer back after.
+func (a *readAhead) close(abort func() error) {
+	close(a.stop)
+	select {
+	case <-a.done:
+	default:
+		if abort != nil {
+			_ = abort()
+		}
+		<-a.done
+	}
+	for {
+		select {
+		case p := <-a.filled:
+			inputBuffers.Put(p.buf)
+		case b := <-a.free:
+			inputBuffers.Put(b)
+		default:
+			return
+		}
+	}
+}
