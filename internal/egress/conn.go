@@ -42,8 +42,21 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		<-l.p.connSlots
 		return nil, err
 	}
+	if u, ok := c.(*net.UnixConn); ok {
+		// The kernel caps it at net.core.wmem_max, without an error.
+		_ = u.SetWriteBuffer(sandboxSendBuffer)
+	}
 	return &sandboxConn{Conn: c, p: l.p}, nil
 }
+
+// sandboxSendBuffer is the send buffer of a sandbox's unix connection: room
+// for a few of the pieces a body is copied in (about 130 KiB each, with
+// their TLS records), so that the proxy goes on reading from the upstream
+// while the sandbox takes in the last piece. The usual default
+// (net.core.wmem_default, 208 KiB) holds about one, and the proxy then
+// waits for the sandbox after every piece. A TCP connection's buffer is
+// left to the kernel, which grows it as needed unless it is set.
+const sandboxSendBuffer = 512 << 10
 
 // prefixConn returns prefix before reading from the connection: bytes a
 // reader had already buffered when the connection was taken over.
