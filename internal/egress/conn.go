@@ -50,13 +50,13 @@ func (l *limitListener) Accept() (net.Conn, error) {
 }
 
 // sandboxSendBuffer is the send buffer of a sandbox's unix connection: room
-// for a few of the pieces a body is copied in (about 130 KiB each, with
-// their TLS records), so that the proxy goes on reading from the upstream
-// while the sandbox takes in the last piece. The usual default
-// (net.core.wmem_default, 208 KiB) holds about one, and the proxy then
+// for a few of the pieces a body is copied in (chunk each, and their TLS
+// records), so that the proxy goes on reading from the upstream while the
+// sandbox takes in the last piece. The usual default
+// (net.core.wmem_default, 208 KiB) holds less than one, and the proxy then
 // waits for the sandbox after every piece. A TCP connection's buffer is
 // left to the kernel, which grows it as needed unless it is set.
-const sandboxSendBuffer = 512 << 10
+const sandboxSendBuffer = 1 << 20
 
 // prefixConn returns prefix before reading from the connection: bytes a
 // reader had already buffered when the connection was taken over.
@@ -107,8 +107,9 @@ type batchConn struct {
 	err error  // guarded by mu: the first write error, returned from then on
 }
 
-// maxBatch is the most a batchConn holds before it writes anyway.
-const maxBatch = 256 << 10
+// maxBatch is the most a batchConn holds before it writes anyway: a whole
+// piece of a body (chunk, and a little more) with its TLS records.
+const maxBatch = 2 * chunk
 
 func (c *batchConn) Write(b []byte) (int, error) {
 	c.mu.Lock()

@@ -129,7 +129,7 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	h := w.Header()
 	copyHeader(h, resp.Header)
 	stream := streaming(resp)
-	body := &filter{src: resp.Body, full: !stream, ahead: !stream, abort: resp.Body.Close}
+	body := &filter{src: resp.Body, full: !stream, aheads: p.aheads, abort: resp.Body.Close}
 	defer body.release()
 	m := p.redactor.Load()
 	if m != nil {

@@ -27,7 +27,10 @@ func TestCopyBodyDeliversEveryPieceInOrder(t *testing.T) {
 		want, _ := m.replace(string(text))
 		for _, mode := range []struct{ stream, ahead bool }{{true, false}, {false, false}, {false, true}} {
 			rec := httptest.NewRecorder()
-			f := &filter{src: iotest.HalfReader(bytes.NewReader(text)), m: m, full: !mode.stream, ahead: mode.ahead}
+			f := &filter{src: iotest.HalfReader(bytes.NewReader(text)), m: m, full: !mode.stream}
+			if mode.ahead {
+				f.aheads = make(chan struct{}, 1)
+			}
 			n, err := copyBody(rec, f, mode.stream, nil)
 			f.release()
 			if err != nil || n != int64(len(want)) || rec.Body.String() != want {

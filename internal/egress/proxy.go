@@ -101,6 +101,7 @@ type Proxy struct {
 	queue     *connQueue      // hands intercepted tunnels to inner
 
 	connSlots chan struct{} // one per open sandbox connection
+	aheads    chan struct{} // one per response body read ahead (filter.aheads)
 	bodySlots chan struct{} // one per buffered request body
 	done      chan struct{} // closed by Close
 
@@ -161,6 +162,7 @@ func NewProxy(opts Options) (*Proxy, error) {
 		ca:          ca,
 		queue:       newConnQueue(),
 		connSlots:   make(chan struct{}, opts.MaxConns),
+		aheads:      make(chan struct{}, maxReadAheads),
 		bodySlots:   make(chan struct{}, bufferedBodies),
 		done:        make(chan struct{}),
 		tracked:     make(map[net.Conn]struct{}),

@@ -30,6 +30,12 @@ type piece struct {
 
 func (p piece) data() []byte { return (*p.buf)[tailRoom : tailRoom+p.n] }
 
+// maxReadAheads is how many response bodies a Proxy reads ahead at once.
+// A read ahead lets one download use two CPUs; with more downloads than
+// that at once, they keep the CPUs busy without it, and the buffers it
+// takes stay bounded.
+const maxReadAheads = 4
+
 // aheadBuffers is how many buffers a readAhead and its filter share: one
 // the filter scans and writes from, one read and waiting, one being read
 // into. The filter brings one, the buffer of its first read.

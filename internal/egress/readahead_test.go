@@ -24,7 +24,7 @@ func TestReadAheadFindsValuesLongerThanTheTailRoom(t *testing.T) {
 		copy(text[at:], value)
 	}
 	want, _ := m.replace(string(text))
-	f := &filter{src: iotest.HalfReader(bytes.NewReader(text)), m: m, full: true, ahead: true}
+	f := &filter{src: iotest.HalfReader(bytes.NewReader(text)), m: m, full: true, aheads: make(chan struct{}, 1)}
 	got, err := readFiltered(f)
 	if err != nil || string(got) != want {
 		t.Fatalf("got %d bytes (want %d), %d redactions (want 4), %v", len(got), len(want), strings.Count(string(got), "[redacted]"), err)
@@ -53,7 +53,7 @@ func (b *blockingSource) Close() error { close(b.closed); return nil }
 // read-ahead is blocked in, and its goroutine returns.
 func TestReadAheadEndsABlockedReadOnRelease(t *testing.T) {
 	src := &blockingSource{first: bytes.Repeat([]byte("x"), chunk+readSlack), closed: make(chan struct{})}
-	f := &filter{src: src, full: true, ahead: true, abort: src.Close}
+	f := &filter{src: src, full: true, aheads: make(chan struct{}, 1), abort: src.Close}
 	if b, err := f.next(); err != nil || len(b) < chunk {
 		t.Fatalf("first piece: %d bytes, %v", len(b), err)
 	}
@@ -85,7 +85,7 @@ func TestReadAheadEndsABlockedReadOnRelease(t *testing.T) {
 func TestReadAheadLeavesAFinishedSourceOpen(t *testing.T) {
 	text := bytes.Repeat([]byte("0123456789"), chunk/2)
 	aborted := false
-	f := &filter{src: bytes.NewReader(text), full: true, ahead: true, abort: func() error { aborted = true; return nil }}
+	f := &filter{src: bytes.NewReader(text), full: true, aheads: make(chan struct{}, 1), abort: func() error { aborted = true; return nil }}
 	got, err := readFiltered(f)
 	if err != nil || !bytes.Equal(got, text) {
 		t.Fatalf("got %d of %d bytes, %v", len(got), len(text), err)
@@ -110,9 +110,35 @@ func TestReadAheadFindsValuesAcrossPieces(t *testing.T) {
 		pieces = append(pieces, string(text[at:min(at+chunk, len(text))]))
 	}
 	want, _ := m.replace(string(text))
-	f := &filter{src: &chunked{pieces: pieces}, m: m, full: true, ahead: true}
+	f := &filter{src: &chunked{pieces: pieces}, m: m, full: true, aheads: make(chan struct{}, 1)}
 	got, err := readFiltered(f)
 	if err != nil || string(got) != want {
 		t.Fatalf("got %d bytes (want %d), %d redactions (want %d), %v", len(got), len(want), strings.Count(string(got), "[R0]"), len(value)-1, err)
+	}
+}
+
+// A proxy reads only a few bodies ahead at once: a filter that finds no
+// free slot reads in the goroutine that copies the body, and one that
+// read ahead frees its slot when released.
+func TestReadAheadTakesOneOfTheProxysSlots(t *testing.T) {
+	text := bytes.Repeat([]byte("0123456789"), chunk/2)
+	slots := make(chan struct{}, 1)
+	first := &filter{src: bytes.NewReader(text), full: true, aheads: slots}
+	second := &filter{src: bytes.NewReader(text), full: true, aheads: slots}
+	if _, err := first.next(); err != nil || first.pre == nil {
+		t.Fatalf("the first body is not read ahead (%v)", err)
+	}
+	if _, err := second.next(); err != nil || second.pre != nil {
+		t.Fatalf("the second body is read ahead without a free slot (%v)", err)
+	}
+	for _, f := range []*filter{first, second} {
+		rest, err := io.ReadAll(f)
+		if err != nil || len(rest) == 0 || !bytes.HasSuffix(text, rest) {
+			t.Fatalf("the rest of a body: %d bytes, %v", len(rest), err)
+		}
+		f.release()
+	}
+	if len(slots) != 0 {
+		t.Fatal("a released filter kept its slot")
 	}
 }

@@ -221,7 +221,7 @@ func (m *matcher) replace(s string) (string, bool) {
 // reader hands it over without first copying it into its own buffer.
 // tailRoom is room for a held tail, so that the buffer need not grow.
 const (
-	chunk     = 128 << 10
+	chunk     = 256 << 10
 	readSlack = 16 << 10
 	tailRoom  = 4 << 10
 )
@@ -251,15 +251,16 @@ type filter struct {
 	// full makes each fill read at least chunk bytes: fewer, larger scans
 	// and writes, for a body whose reader does not wait for it.
 	full bool
-	// ahead, with full, reads the rest of the source in a goroutine of its
-	// own once a first read shows there is more (readAhead), so that
-	// decrypting what the upstream sends next overlaps scanning and
-	// encrypting what the filter passed on. abort, if set, unblocks that
-	// goroutine's read when the filter is released before the end (closing
-	// a response body does).
-	ahead bool
-	abort func() error
-	pre   *readAhead
+	// aheads, with full, lets the filter read the rest of the source in a
+	// goroutine of its own (readAhead) once a first read shows there is
+	// more, if it can take one of the slots: decrypting what the upstream
+	// sends next then overlaps scanning and encrypting what the filter
+	// passed on. The slot is held until release. abort, if set, unblocks
+	// that goroutine's read when the filter is released before the end
+	// (closing a response body does).
+	aheads chan struct{}
+	abort  func() error
+	pre    *readAhead
 	// in is the input: in[:lent] is being returned as it is (out is a
 	// slice of it), and after it comes a held tail, then new reads.
 	in     []byte
@@ -327,6 +328,7 @@ func (f *filter) release() {
 	if f.pre != nil {
 		f.pre.close(f.abort)
 		f.pre = nil
+		<-f.aheads
 	}
 	if f.pooled != nil {
 		inputBuffers.Put(f.pooled)
@@ -340,8 +342,12 @@ func (f *filter) fill() {
 		err = f.takePiece()
 	} else {
 		err = f.read()
-		if err == nil && f.full && f.ahead {
-			f.pre = startReadAhead(f.src)
+		if err == nil && f.full && f.aheads != nil {
+			select {
+			case f.aheads <- struct{}{}:
+				f.pre = startReadAhead(f.src)
+			default:
+			}
 		}
 	}
 	final := err != nil
