@@ -3,7 +3,7 @@ package egress
 import "io"
 
 // readAhead reads a source into pooled buffers in a goroutine of its own,
-// a piece or two ahead of the filter that scans them. On an intercepted
+// up to three pieces ahead of the filter that scans them. On an intercepted
 // download the proxy decrypts what the upstream sends, scans it, and
 // encrypts it again for the sandbox; in one goroutine those steps take
 // turns on one CPU, which makes the proxy the slowest stage between the
@@ -37,9 +37,10 @@ func (p piece) data() []byte { return (*p.buf)[tailRoom : tailRoom+p.n] }
 const maxReadAheads = 4
 
 // aheadBuffers is how many buffers a readAhead and its filter share: one
-// the filter scans and writes from, one read and waiting, one being read
-// into. The filter brings one, the buffer of its first read.
-const aheadBuffers = 3
+// the filter scans and writes from, one being read into, and two read and
+// waiting, which carry either side over a short stall of the other. The
+// filter brings one, the buffer of its first read.
+const aheadBuffers = 4
 
 func startReadAhead(src io.Reader) *readAhead {
 	a := &readAhead{
