@@ -99,17 +99,23 @@ func (c *innerConn) Write(b []byte) (int, error) {
 }
 
 // batchConn holds what is written to it until flushed, or until it reads
-// (a handshake waits for an answer to what it wrote) or closes.
+// (a handshake waits for an answer to what it wrote) or closes. It holds
+// a buffer only while it has something to write: an idle connection
+// holds none.
 type batchConn struct {
 	net.Conn
 	mu  sync.Mutex
-	buf []byte // guarded by mu
-	err error  // guarded by mu: the first write error, returned from then on
+	buf *[]byte // guarded by mu: from batchBuffers, nil when empty
+	err error   // guarded by mu: the first write error, returned from then on
 }
 
 // maxBatch is the most a batchConn holds before it writes anyway: a whole
 // piece of a body (chunk, and a little more) with its TLS records.
 const maxBatch = 2 * chunk
+
+// batchBuffers hold what batchConns are about to write: maxBatch, and one
+// TLS record that may come on top before a write.
+var batchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch+32<<10); return &b }}
 
 func (c *batchConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
@@ -117,8 +123,11 @@ func (c *batchConn) Write(b []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
 	}
-	c.buf = append(c.buf, b...)
-	if len(c.buf) >= maxBatch {
+	if c.buf == nil {
+		c.buf = batchBuffers.Get().(*[]byte)
+	}
+	*c.buf = append(*c.buf, b...)
+	if len(*c.buf) >= maxBatch {
 		if err := c.flushLocked(); err != nil {
 			return 0, err
 		}
@@ -133,11 +142,13 @@ func (c *batchConn) flush() error {
 }
 
 func (c *batchConn) flushLocked() error {
-	if c.err != nil || len(c.buf) == 0 {
+	if c.err != nil || c.buf == nil {
 		return c.err
 	}
-	_, err := c.Conn.Write(c.buf)
-	c.buf = c.buf[:0]
+	_, err := c.Conn.Write(*c.buf)
+	*c.buf = (*c.buf)[:0]
+	batchBuffers.Put(c.buf)
+	c.buf = nil
 	c.err = err
 	return err
 }

@@ -77,4 +77,7 @@ func TestCopyBodySendsEachPieceInOneWrite(t *testing.T) {
 	if ic.holding.Load() {
 		t.Error("the connection still holds its writes")
 	}
+	if batch.buf != nil {
+		t.Error("the connection keeps a buffer with nothing to write")
+	}
 }
