@@ -129,7 +129,11 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	h := w.Header()
 	copyHeader(h, resp.Header)
 	stream := streaming(resp)
-	body := &filter{src: resp.Body, full: !stream, aheads: p.aheads, abort: resp.Body.Close}
+	body := &filter{src: resp.Body, full: !stream, abort: resp.Body.Close}
+	if resp.ContentLength > 2*chunk {
+		// Long enough for a read ahead to be worth its buffers.
+		body.aheads = p.aheads
+	}
 	defer body.release()
 	m := p.redactor.Load()
 	if m != nil {

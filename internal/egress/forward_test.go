@@ -32,6 +32,9 @@ func TestCopyBodyDeliversEveryPieceInOrder(t *testing.T) {
 				f.aheads = make(chan struct{}, 1)
 			}
 			n, err := copyBody(rec, f, mode.stream, nil)
+			if mode.ahead && size > 2*chunk && f.pre == nil {
+				t.Fatalf("size %d: the body was not read ahead", size)
+			}
 			f.release()
 			if err != nil || n != int64(len(want)) || rec.Body.String() != want {
 				t.Fatalf("size %d, %+v: wrote %d of %d bytes, %v", size, mode, n, len(want), err)

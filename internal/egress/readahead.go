@@ -1,6 +1,9 @@
 package egress
 
-import "io"
+import (
+	"fmt"
+	"io"
+)
 
 // readAhead reads a source into pooled buffers in a goroutine of its own,
 // up to three pieces ahead of the filter that scans them. On an intercepted
@@ -19,6 +22,10 @@ type readAhead struct {
 	free   chan *[]byte  // buffers to read into
 	stop   chan struct{} // closed when the filter is released
 	done   chan struct{} // closed when the goroutine reads no more
+	exited chan struct{} // closed when the goroutine has returned
+	// ended is set by the filter once it has taken the last piece: the
+	// source was read to its end (or failed), and needs no abort.
+	ended bool
 }
 
 // piece is one read: (*buf)[tailRoom:tailRoom+n], and the source's error.
@@ -49,6 +56,7 @@ func startReadAhead(src io.Reader) *readAhead {
 		free:   make(chan *[]byte, aheadBuffers),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
+		exited: make(chan struct{}),
 	}
 	for range aheadBuffers - 1 {
 		a.free <- inputBuffers.Get().(*[]byte)
@@ -62,15 +70,22 @@ func startReadAhead(src io.Reader) *readAhead {
 // done is closed before the last piece is handed over, so that a filter
 // which has it knows there is no read left to end.
 func (a *readAhead) run() {
+	defer close(a.exited)
 	for {
 		var buf *[]byte
+		select {
+		case <-a.stop:
+			close(a.done)
+			return
+		default:
+		}
 		select {
 		case buf = <-a.free:
 		case <-a.stop:
 			close(a.done)
 			return
 		}
-		n, err := readAtLeast(a.src, (*buf)[tailRoom:cap(*buf)], chunk)
+		n, err := a.read(buf)
 		if err != nil {
 			close(a.done)
 		}
@@ -81,19 +96,34 @@ func (a *readAhead) run() {
 	}
 }
 
+// read reads one piece into buf. A panic under it (in the transport, TLS
+// or gzip) becomes the piece's error, which resets the sandbox's
+// connection: in the goroutine that copies the body, net/http would have
+// recovered it so; here it would end the process, every session with it.
+func (a *readAhead) read(buf *[]byte) (n int, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			n, err = 0, fmt.Errorf("reading the body failed: %v", r)
+		}
+	}()
+	return readAtLeast(a.src, (*buf)[tailRoom:cap(*buf)], chunk)
+}
+
 // close stops the goroutine and waits for it, calling abort to end a read
 // it may be blocked in, and puts the buffers back in the pool. The filter
 // hands no buffer back after.
 func (a *readAhead) close(abort func() error) {
 	close(a.stop)
-	select {
-	case <-a.done:
-	default:
-		if abort != nil {
-			_ = abort()
+	if !a.ended {
+		select {
+		case <-a.done:
+		default:
+			if abort != nil {
+				_ = abort()
+			}
 		}
-		<-a.done
 	}
+	<-a.exited
 	for {
 		select {
 		case p := <-a.filled:

@@ -2,13 +2,38 @@ package egress
 
 import (
 	"bytes"
+	"compress/gzip"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 	"time"
 )
+
+// readAllAhead reads f to its end, checks that it read ahead, releases it
+// and checks that it gave its slot back.
+func readAllAhead(t *testing.T, f *filter) []byte {
+	t.Helper()
+	got, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.pre == nil {
+		t.Fatal("the body was not read ahead")
+	}
+	f.release()
+	if len(f.aheads) != 0 {
+		t.Fatal("the filter kept its slot")
+	}
+	return got
+}
 
 // A value longer than the room a piece leaves for the tail held before it
 // is still found where the pieces read ahead split it.
@@ -25,9 +50,8 @@ func TestReadAheadFindsValuesLongerThanTheTailRoom(t *testing.T) {
 	}
 	want, _ := m.replace(string(text))
 	f := &filter{src: iotest.HalfReader(bytes.NewReader(text)), m: m, full: true, aheads: make(chan struct{}, 1)}
-	got, err := readFiltered(f)
-	if err != nil || string(got) != want {
-		t.Fatalf("got %d bytes (want %d), %d redactions (want 4), %v", len(got), len(want), strings.Count(string(got), "[redacted]"), err)
+	if got := readAllAhead(t, f); string(got) != want {
+		t.Fatalf("got %d bytes (want %d), %d redactions (want 4)", len(got), len(want), strings.Count(string(got), "[redacted]"))
 	}
 }
 
@@ -86,9 +110,8 @@ func TestReadAheadLeavesAFinishedSourceOpen(t *testing.T) {
 	text := bytes.Repeat([]byte("0123456789"), chunk/2)
 	aborted := false
 	f := &filter{src: bytes.NewReader(text), full: true, aheads: make(chan struct{}, 1), abort: func() error { aborted = true; return nil }}
-	got, err := readFiltered(f)
-	if err != nil || !bytes.Equal(got, text) {
-		t.Fatalf("got %d of %d bytes, %v", len(got), len(text), err)
+	if got := readAllAhead(t, f); !bytes.Equal(got, text) {
+		t.Fatalf("got %d of %d bytes", len(got), len(text))
 	}
 	if aborted {
 		t.Fatal("a source read to its end was aborted")
@@ -111,9 +134,8 @@ func TestReadAheadFindsValuesAcrossPieces(t *testing.T) {
 	}
 	want, _ := m.replace(string(text))
 	f := &filter{src: &chunked{pieces: pieces}, m: m, full: true, aheads: make(chan struct{}, 1)}
-	got, err := readFiltered(f)
-	if err != nil || string(got) != want {
-		t.Fatalf("got %d bytes (want %d), %d redactions (want %d), %v", len(got), len(want), strings.Count(string(got), "[R0]"), len(value)-1, err)
+	if got := readAllAhead(t, f); string(got) != want {
+		t.Fatalf("got %d bytes (want %d), %d redactions (want %d)", len(got), len(want), strings.Count(string(got), "[R0]"), len(value)-1)
 	}
 }
 
@@ -125,20 +147,160 @@ func TestReadAheadTakesOneOfTheProxysSlots(t *testing.T) {
 	slots := make(chan struct{}, 1)
 	first := &filter{src: bytes.NewReader(text), full: true, aheads: slots}
 	second := &filter{src: bytes.NewReader(text), full: true, aheads: slots}
-	if _, err := first.next(); err != nil || first.pre == nil {
-		t.Fatalf("the first body is not read ahead (%v)", err)
+	var starts [2][]byte
+	for i, f := range []*filter{first, second} {
+		b, err := f.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		starts[i] = bytes.Clone(b)
 	}
-	if _, err := second.next(); err != nil || second.pre != nil {
-		t.Fatalf("the second body is read ahead without a free slot (%v)", err)
+	if first.pre == nil {
+		t.Fatal("the first body is not read ahead")
 	}
-	for _, f := range []*filter{first, second} {
+	if second.pre != nil {
+		t.Fatal("the second body is read ahead without a free slot")
+	}
+	for i, f := range []*filter{first, second} {
 		rest, err := io.ReadAll(f)
-		if err != nil || len(rest) == 0 || !bytes.HasSuffix(text, rest) {
-			t.Fatalf("the rest of a body: %d bytes, %v", len(rest), err)
+		if err != nil || !bytes.Equal(append(starts[i], rest...), text) {
+			t.Fatalf("body %d: %d and %d bytes of %d, %v", i, len(starts[i]), len(rest), len(text), err)
 		}
 		f.release()
 	}
 	if len(slots) != 0 {
 		t.Fatal("a released filter kept its slot")
+	}
+}
+
+// panicking gives one piece, then panics, as a bug under a body would.
+type panicking struct{ first []byte }
+
+func (p *panicking) Read(b []byte) (int, error) {
+	if len(p.first) == 0 {
+		panic("broken reader")
+	}
+	n := copy(b, p.first)
+	p.first = p.first[n:]
+	return n, nil
+}
+
+// A panic while reading ahead fails the body, as it would in the
+// goroutine that copies it (where net/http recovers it), rather than end
+// the process.
+func TestReadAheadTurnsAPanicIntoAnError(t *testing.T) {
+	f := &filter{src: &panicking{first: make([]byte, chunk+readSlack)}, full: true, aheads: make(chan struct{}, 1)}
+	defer f.release()
+	if _, err := f.next(); err != nil || f.pre == nil {
+		t.Fatalf("first piece: %v, read ahead %v", err, f.pre != nil)
+	}
+	_, err := io.ReadAll(f)
+	if err == nil || !strings.Contains(err.Error(), "broken reader") {
+		t.Fatalf("the rest of the body: %v", err)
+	}
+}
+
+// Released with a real response body blocked in a read, identity or
+// gzipped, a filter ends the read by closing the body, and frees its slot.
+func TestReadAheadEndsAResponseBodysRead(t *testing.T) {
+	data := bytes.Repeat([]byte("abcdefgh"), 3*chunk/8)
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.NoCompression)
+	_, _ = zw.Write(data)
+	_ = zw.Close()
+	unblock := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := data
+		if r.URL.Path == "/gz" {
+			body = gz.Bytes()
+		}
+		// Promise more than is sent, then wait.
+		w.Header().Set("Content-Length", strconv.Itoa(4*len(body)))
+		_, _ = w.Write(body)
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-unblock:
+		}
+	}))
+	defer srv.Close()
+	defer close(unblock)
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	for _, path := range []string{"/identity", "/gz"} {
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var src io.Reader = resp.Body
+		if path == "/gz" {
+			if src, err = gzip.NewReader(resp.Body); err != nil {
+				t.Fatal(err)
+			}
+		}
+		slots := make(chan struct{}, 1)
+		f := &filter{src: src, full: true, aheads: slots, abort: resp.Body.Close}
+		if _, err := f.next(); err != nil || f.pre == nil {
+			t.Fatalf("%s: first piece: %v, read ahead %v", path, err, f.pre != nil)
+		}
+		pre := f.pre
+		released := make(chan struct{})
+		go func() { f.release(); close(released) }()
+		select {
+		case <-released:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: release waits for a read that never ends", path)
+		}
+		select {
+		case <-pre.exited:
+		default:
+			t.Fatalf("%s: the read-ahead goroutine outlived the release", path)
+		}
+		if len(slots) != 0 {
+			t.Fatalf("%s: the filter kept its slot", path)
+		}
+	}
+}
+
+// A body read ahead to its end leaves the upstream connection to be used
+// again, redacted or not; the proxy's slots are all free after.
+func TestEgressKeepsTheUpstreamConnectionAfterABodyReadAhead(t *testing.T) {
+	c := newCredEnv(t, nil)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 5*chunk/16+3)
+	var conns atomic.Int32
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		_, _ = w.Write(data)
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	defer up.Close()
+	port := up.Listener.Addr().(*net.TCPAddr).Port
+	c.proxy.rules[0].ports = append(c.proxy.rules[0].ports, port)
+	client := c.client(nil)
+	for _, redacted := range []bool{false, true} {
+		if redacted {
+			c.useCredential(t, client, "http")
+		}
+		for range 5 {
+			resp, err := client.Get(fmt.Sprintf("http://api.test:%d/", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := readAll(t, resp); b != string(data) {
+				t.Fatalf("redacted %v: got %d of %d bytes", redacted, len(b), len(data))
+			}
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for 10 downloads in a row", n)
+	}
+	if n := len(c.proxy.aheads); n != 0 {
+		t.Fatalf("%d read-ahead slots still taken", n)
 	}
 }

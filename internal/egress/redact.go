@@ -411,11 +411,16 @@ func (f *filter) read() error {
 // back to the reading goroutine.
 func (f *filter) takePiece() error {
 	p := <-f.pre.filled
+	f.pre.ended = p.err != nil
 	tail := f.in[f.lent:]
 	f.lent = 0
 	if len(tail) > tailRoom {
 		f.in = append(append(make([]byte, 0, len(tail)+p.n), tail...), p.data()...)
 		f.pre.free <- p.buf
+		if f.pooled != nil {
+			f.pre.free <- f.pooled
+			f.pooled = nil
+		}
 		return p.err
 	}
 	start := tailRoom - len(tail)
