@@ -51,7 +51,12 @@
 //     a credential meant for another.
 //   - What the sandbox can make the proxy hold is bounded: connections
 //     (MaxConns), buffered request bodies (MaxBodyBytes, a few at a time),
-//     response look-behind (the longest redacted form).
+//     response look-behind (the longest redacted form), a piece of each
+//     response being copied (256 KiB, and what its TLS records add; an
+//     idle connection holds none), and four pieces for each of at most
+//     four large responses read ahead. A sandbox that stops reading also
+//     leaves up to its connection's send buffer (1 MiB asked, within
+//     net.core.wmem_max) queued in the kernel, as a TCP connection would.
 //
 // Not supported: HTTP/2 and protocol upgrades (WebSocket) inside
 // intercepted tunnels and on plain-HTTP requests (they work through
