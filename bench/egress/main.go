@@ -19,9 +19,9 @@
 // host names to it. Contenders alternate (blocks of requests for latency,
 // reversed order every round for throughput) so that noise on the machine
 // falls on all of them. A download's ratio to direct is the median over the
-// rounds of its ratio to the direct download next to it in time: the host's
-// load changes from second to second, and a pair measured together shares
-// it. It prints a markdown table (and writes it to -out);
+// rounds of its ratio to the direct download of the same round: the host's
+// load changes from second to second, and downloads measured within a few
+// seconds of each other share more of it. It prints a markdown table (and writes it to -out);
 // a missed target never fails the run.
 //
 // Usage:
