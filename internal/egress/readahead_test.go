@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -73,11 +74,41 @@ func (b *blockingSource) Read(p []byte) (int, error) {
 
 func (b *blockingSource) Close() error { close(b.closed); return nil }
 
+// stalling passes reads on to r, and closes stalled when a read asks for
+// more once r has given limit bytes: the read r then blocks in.
+type stalling struct {
+	r       io.Reader
+	limit   int
+	n       int
+	stalled chan struct{}
+	once    sync.Once
+}
+
+func (s *stalling) Read(p []byte) (int, error) {
+	if s.n >= s.limit {
+		s.once.Do(func() { close(s.stalled) })
+	}
+	k, err := s.r.Read(p)
+	s.n += k
+	return k, err
+}
+
+// waitStalled waits until the read-ahead is blocked in its source.
+func waitStalled(t *testing.T, s *stalling) {
+	t.Helper()
+	select {
+	case <-s.stalled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the read ahead never asked for more than the source had")
+	}
+}
+
 // Released before the end (the sandbox left), a filter ends the read its
 // read-ahead is blocked in, and its goroutine returns.
 func TestReadAheadEndsABlockedReadOnRelease(t *testing.T) {
 	src := &blockingSource{first: bytes.Repeat([]byte("x"), chunk+readSlack), closed: make(chan struct{})}
-	f := &filter{src: src, full: true, aheads: make(chan struct{}, 1), abort: src.Close}
+	watch := &stalling{r: src, limit: chunk + readSlack, stalled: make(chan struct{})}
+	f := &filter{src: watch, full: true, aheads: make(chan struct{}, 1), abort: src.Close}
 	if b, err := f.next(); err != nil || len(b) < chunk {
 		t.Fatalf("first piece: %d bytes, %v", len(b), err)
 	}
@@ -85,6 +116,7 @@ func TestReadAheadEndsABlockedReadOnRelease(t *testing.T) {
 	if pre == nil {
 		t.Fatal("a body longer than a piece is not read ahead")
 	}
+	waitStalled(t, watch)
 	released := make(chan struct{})
 	go func() { f.release(); close(released) }()
 	select {
@@ -240,11 +272,13 @@ func TestReadAheadEndsAResponseBodysRead(t *testing.T) {
 			}
 		}
 		slots := make(chan struct{}, 1)
-		f := &filter{src: src, full: true, aheads: slots, abort: resp.Body.Close}
+		watch := &stalling{r: src, limit: len(data), stalled: make(chan struct{})}
+		f := &filter{src: watch, full: true, aheads: slots, abort: resp.Body.Close}
 		if _, err := f.next(); err != nil || f.pre == nil {
 			t.Fatalf("%s: first piece: %v, read ahead %v", path, err, f.pre != nil)
 		}
 		pre := f.pre
+		waitStalled(t, watch)
 		released := make(chan struct{})
 		go func() { f.release(); close(released) }()
 		select {
