@@ -107,10 +107,7 @@ func NewManager(opts ManagerOptions) (*Manager, error) {
 	// Searchable, not listable: a sandbox running as another host uid
 	// reaches its own session's socket by its unguessable name, and
 	// cannot find another's.
-	if err := os.MkdirAll(opts.Dir, 0o711); err != nil {
-		return nil, fmt.Errorf("egress: %w", err)
-	}
-	if err := os.Chmod(opts.Dir, 0o711); err != nil {
+	if err := sandbox.MkdirMode(opts.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}
 	if probe := sandbox.EgressSocketPath(filepath.Join(opts.Dir, "0123456789abcdef0123456789abcdef")); len(probe) > sandbox.MaxSocketPath {

@@ -111,10 +111,7 @@ func New(rt sandbox.Runtime, opts Options) (*Pool, error) {
 	}
 	// Searchable, not listable, like the workspaces directory: a sandbox
 	// running as an unprivileged host uid must reach its own workspace.
-	if err := os.MkdirAll(opts.Dir, 0o711); err != nil {
-		return nil, fmt.Errorf("pool: %w", err)
-	}
-	if err := os.Chmod(opts.Dir, 0o711); err != nil {
+	if err := sandbox.MkdirMode(opts.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("pool: %w", err)
 	}
 	if opts.Logger == nil {
