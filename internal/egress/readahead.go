@@ -23,9 +23,6 @@ type readAhead struct {
 	stop   chan struct{} // closed when the filter is released
 	done   chan struct{} // closed when the goroutine reads no more
 	exited chan struct{} // closed when the goroutine has returned
-	// ended is set by the filter once it has taken the last piece: the
-	// source was read to its end (or failed), and needs no abort.
-	ended bool
 }
 
 // piece is one read: (*buf)[tailRoom:tailRoom+n], and the source's error.
@@ -72,16 +69,8 @@ func startReadAhead(src io.Reader) *readAhead {
 func (a *readAhead) run() {
 	defer close(a.exited)
 	for {
-		var buf *[]byte
-		select {
-		case <-a.stop:
-			close(a.done)
-			return
-		default:
-		}
-		select {
-		case buf = <-a.free:
-		case <-a.stop:
+		buf := a.buffer()
+		if buf == nil {
 			close(a.done)
 			return
 		}
@@ -93,6 +82,22 @@ func (a *readAhead) run() {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// buffer returns a free buffer to read into, or nil once the filter is
+// released (even if a buffer is free too).
+func (a *readAhead) buffer() *[]byte {
+	select {
+	case <-a.stop:
+		return nil
+	default:
+	}
+	select {
+	case b := <-a.free:
+		return b
+	case <-a.stop:
+		return nil
 	}
 }
 
@@ -114,13 +119,11 @@ func (a *readAhead) read(buf *[]byte) (n int, err error) {
 // hands no buffer back after.
 func (a *readAhead) close(abort func() error) {
 	close(a.stop)
-	if !a.ended {
-		select {
-		case <-a.done:
-		default:
-			if abort != nil {
-				_ = abort()
-			}
+	select {
+	case <-a.done: // a filter that has the last piece always gets here
+	default:
+		if abort != nil {
+			_ = abort()
 		}
 	}
 	<-a.exited

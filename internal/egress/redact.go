@@ -411,7 +411,6 @@ func (f *filter) read() error {
 // back to the reading goroutine.
 func (f *filter) takePiece() error {
 	p := <-f.pre.filled
-	f.pre.ended = p.err != nil
 	tail := f.in[f.lent:]
 	f.lent = 0
 	if len(tail) > tailRoom {
