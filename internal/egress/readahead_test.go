@@ -103,15 +103,11 @@ func waitStalled(t *testing.T, s *stalling) {
 	}
 }
 
-// Released before the end (the sandbox left), a filter ends the read its
-// read-ahead is blocked in, and its goroutine returns.
-func TestReadAheadEndsABlockedReadOnRelease(t *testing.T) {
-	src := &blockingSource{first: bytes.Repeat([]byte("x"), chunk+readSlack), closed: make(chan struct{})}
-	watch := &stalling{r: src, limit: chunk + readSlack, stalled: make(chan struct{})}
-	f := &filter{src: watch, full: true, aheads: make(chan struct{}, 1), abort: src.Close}
-	if b, err := f.next(); err != nil || len(b) < chunk {
-		t.Fatalf("first piece: %d bytes, %v", len(b), err)
-	}
+// releaseStalled releases f once its read ahead is blocked in watch's
+// source, and checks that the release returns, with the goroutine gone and
+// the slot free.
+func releaseStalled(t *testing.T, f *filter, watch *stalling) {
+	t.Helper()
 	pre := f.pre
 	if pre == nil {
 		t.Fatal("a body longer than a piece is not read ahead")
@@ -125,14 +121,29 @@ func TestReadAheadEndsABlockedReadOnRelease(t *testing.T) {
 		t.Fatal("release waits for a read that never ends")
 	}
 	select {
+	case <-pre.exited:
+	default:
+		t.Fatal("the read-ahead goroutine outlived the release")
+	}
+	if len(f.aheads) != 0 {
+		t.Fatal("the filter kept its slot")
+	}
+}
+
+// Released before the end (the sandbox left), a filter ends the read its
+// read-ahead is blocked in, and its goroutine returns.
+func TestReadAheadEndsABlockedReadOnRelease(t *testing.T) {
+	src := &blockingSource{first: bytes.Repeat([]byte("x"), chunk+readSlack), closed: make(chan struct{})}
+	watch := &stalling{r: src, limit: chunk + readSlack, stalled: make(chan struct{})}
+	f := &filter{src: watch, full: true, aheads: make(chan struct{}, 1), abort: src.Close}
+	if b, err := f.next(); err != nil || len(b) < chunk {
+		t.Fatalf("first piece: %d bytes, %v", len(b), err)
+	}
+	releaseStalled(t, f, watch)
+	select {
 	case <-src.closed:
 	default:
 		t.Fatal("release did not end the source's read")
-	}
-	select {
-	case <-pre.done:
-	default:
-		t.Fatal("the read-ahead goroutine is still running")
 	}
 }
 
@@ -271,29 +282,14 @@ func TestReadAheadEndsAResponseBodysRead(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		slots := make(chan struct{}, 1)
-		watch := &stalling{r: src, limit: len(data), stalled: make(chan struct{})}
-		f := &filter{src: watch, full: true, aheads: slots, abort: resp.Body.Close}
-		if _, err := f.next(); err != nil || f.pre == nil {
-			t.Fatalf("%s: first piece: %v, read ahead %v", path, err, f.pre != nil)
-		}
-		pre := f.pre
-		waitStalled(t, watch)
-		released := make(chan struct{})
-		go func() { f.release(); close(released) }()
-		select {
-		case <-released:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: release waits for a read that never ends", path)
-		}
-		select {
-		case <-pre.exited:
-		default:
-			t.Fatalf("%s: the read-ahead goroutine outlived the release", path)
-		}
-		if len(slots) != 0 {
-			t.Fatalf("%s: the filter kept its slot", path)
-		}
+		t.Run(path[1:], func(t *testing.T) {
+			watch := &stalling{r: src, limit: len(data), stalled: make(chan struct{})}
+			f := &filter{src: watch, full: true, aheads: make(chan struct{}, 1), abort: resp.Body.Close}
+			if _, err := f.next(); err != nil {
+				t.Fatalf("first piece: %v", err)
+			}
+			releaseStalled(t, f, watch)
+		})
 	}
 }
 
