@@ -21,8 +21,8 @@
 // falls on all of them. A download's ratio to direct is the median over the
 // rounds of its ratio to the direct download of the same round: the host's
 // load changes from second to second, and downloads measured within a few
-// seconds of each other share more of it. It prints a markdown table (and writes it to -out);
-// a missed target never fails the run.
+// seconds of each other share more of it. It prints a markdown table (and
+// writes it to -out); a missed target never fails the run.
 //
 // Usage:
 //
@@ -413,15 +413,16 @@ func report(requests, size, rounds int, lat []*contender, samples [][]time.Durat
 		x := stats.Median(ratios)
 		ratio, target, met := "", "", ""
 		if i > 0 {
-			ratio = fmt.Sprintf("%.2f× (%.2f–%.2f)", x, slices.Min(ratios), slices.Max(ratios))
-		}
-		if i == 1 {
-			ratio = fmt.Sprintf("**%.2f×** (%.2f–%.2f)", x, slices.Min(ratios), slices.Max(ratios))
-			target = fmt.Sprintf("≥ %.1f×", minThroughputX)
-			met = "met"
-			if x < minThroughputX {
-				met = "**not met**"
+			ratio = fmt.Sprintf("%.2f×", x)
+			if i == 1 {
+				ratio = "**" + ratio + "**"
+				target = fmt.Sprintf("≥ %.1f×", minThroughputX)
+				met = "met"
+				if x < minThroughputX {
+					met = "**not met**"
+				}
 			}
+			ratio += fmt.Sprintf(" (%.2f–%.2f)", slices.Min(ratios), slices.Max(ratios))
 		}
 		fmt.Fprintf(&b, "| %s | %.0f MiB/s | %s | %s | %s | %s | %.2f ms |\n", c.name, stats.Median(rates[i])/(1<<20), strings.Join(each, ", "), ratio, target, met, stats.Median(cpus[i]))
 	}
